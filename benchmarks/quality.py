@@ -65,7 +65,7 @@ class Methods:
             "bilinear": fit(enlarge(degraded, self.scale)),
             "bicubic": cv2.resize(degraded, (width, height), interpolation=cv2.INTER_CUBIC),
         }
-        sr = self.whole_frame([degraded.astype(np.float32) / 255])[0]
+        sr = self.whole_frame.images([degraded.astype(np.float32) / 255])[0]
         outputs["whole-frame Real-ESRGAN (animevideov3)"] = fit(np.round(sr * 255).astype(np.uint8))
         for name, enhancer in self.enhancers.items():
             outputs[name] = fit(enhancer.enhance(degraded).image)

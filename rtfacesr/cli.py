@@ -36,6 +36,7 @@ def _add_pipeline_options(parser: argparse.ArgumentParser, default_scale: int | 
     parser.add_argument("--precision", default="fp32", help="fp32 or fp16 (GPU backends; default %(default)s)")
     parser.add_argument("--face-size", type=int, default=None, metavar="N", help="aligned crop size N (default: chosen per face, 128-256)")
     parser.add_argument("--max-faces", type=int, default=8, metavar="K", help="most faces enhanced per image (default %(default)s)")
+    parser.add_argument("--frame-path", default="auto", help="where frames are enlarged, cropped and fused: host (OpenCV), device (torch, on the model's device); default %(default)s: device on GPUs")
     parser.add_argument("--no-color-match", dest="color_match", action="store_false", help="do not match the SR face's low-frequency colour to the original")
 
 
@@ -115,7 +116,8 @@ def _options(args, scale: int):
     if args.backend not in BACKENDS or args.precision not in PRECISIONS:
         raise UserError(f"--backend must be one of {', '.join(BACKENDS)} and --precision one of {', '.join(PRECISIONS)}")
     return EnhanceOptions(
-        scale=scale, model=model, device=args.device, backend=args.backend, precision=args.precision, face_size=args.face_size, max_faces=args.max_faces, color_match=args.color_match
+        scale=scale, model=model, device=args.device, backend=args.backend, precision=args.precision, face_size=args.face_size, max_faces=args.max_faces, color_match=args.color_match,
+        frame_path=args.frame_path,
     )
 
 

@@ -9,11 +9,12 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
+import torch
 
-from rtfacesr.align import align_face, check_scale, choose_face_size, enlarge, warp_face
+from rtfacesr.align import align_face, check_scale, choose_face_size
 from rtfacesr.detect import FaceMeshDetector
-from rtfacesr.fuse import paste_face, paste_size, resize_square
-from rtfacesr.fuse_torch import fuse_faces_torch
+from rtfacesr.frame_path import FRAME_PATHS, frame_path_for
+from rtfacesr.fuse import paste_size, resize_square
 from rtfacesr.models.registry import DEFAULT_MODEL
 from rtfacesr.segment import FaceMeshSegmenter, Segmenter, fusion_mask
 from rtfacesr.superres import SuperResolver
@@ -35,6 +36,7 @@ class EnhanceOptions:
     max_faces: int = 8
     color_match: bool = True
     min_face_px: float = 16.0  # faces narrower than this in the source are left as enlarged
+    frame_path: str = "auto"  # host (OpenCV), device (torch on the model's device), auto: device on GPUs
 
     def __post_init__(self):
         check_scale(self.scale)
@@ -43,6 +45,8 @@ class EnhanceOptions:
             raise ValueError(f"face size must be a multiple of 4 between {low} and {high}, not {self.face_size}")
         if self.max_faces < 1:
             raise ValueError(f"max faces must be at least 1, not {self.max_faces}")
+        if self.frame_path not in FRAME_PATHS:
+            raise ValueError(f"frame path must be one of {', '.join(FRAME_PATHS)}, not '{self.frame_path}'")
 
 
 def to_uint8(image: np.ndarray) -> np.ndarray:
@@ -78,6 +82,7 @@ class FaceEnhancer:
             options.model, options.device, options.backend, options.precision, max_batch=options.max_faces
         )
         self.segmenter = segmenter or FaceMeshSegmenter()
+        self.frame_path = frame_path_for(options.frame_path, self.superres.device)
 
     def close(self) -> None:
         for stage in (self.detector, self.segmenter):
@@ -94,18 +99,18 @@ class FaceEnhancer:
         if image.ndim != 3 or image.shape[2] != 3 or image.dtype not in (np.uint8, np.uint16):
             raise ValueError(f"expected an H x W x 3 uint8 or uint16 RGB array, got {image.shape} {image.dtype}")
         opts = self.options
-        max_value = float(np.iinfo(image.dtype).max)
-        timer = StageTimer()
+        path = self.frame_path
+        device = self.superres.device
+        timer = StageTimer(sync=torch.cuda.synchronize if device.type == "cuda" else None)
 
         if faces is None:
             with timer("detect"):
                 faces = self.detector.detect(to_uint8(image))
         with timer("enlarge"):
-            enlarged = enlarge(image, opts.scale)
+            frame = path.enlarge(image, opts.scale)
 
         reports: list[FaceReport] = []
         jobs: list[tuple[Face, Alignment, FaceReport]] = []
-        crops = []
         with timer("align"):
             for face in faces:
                 if face.width < opts.min_face_px:
@@ -116,36 +121,29 @@ class FaceEnhancer:
                 report = _report(face, True, face_size=alignment.size, transform=np.round(alignment.matrix, 6).tolist())
                 reports.append(report)
                 jobs.append((big, alignment, report))
-                crops.append(warp_face(enlarged, alignment).astype(np.float32) / max_value)
+            crops = path.crops(frame, [alignment for _, alignment, _ in jobs])
 
         with timer("superres"):
             sr_faces = self.superres(crops) if crops else []
 
-        masks = []
         faces_at_paste_size, masks = [], []
         with timer("segment"):
             for (big, alignment, report), sr_face in zip(jobs, sr_faces):
                 # The mask is needed only at the size the face is pasted at (about one pixel per
                 # frame pixel); FaceMesh gets at least SEGMENT_MIN_SIDE pixels of the SR face.
-                side = paste_size(alignment, sr_face.shape[0])
-                segment_side = min(sr_face.shape[0], max(side, SEGMENT_MIN_SIDE))
+                sr_side = sr_face.shape[-1]
+                side = paste_size(alignment, sr_side)
+                segment_side = min(sr_side, max(side, SEGMENT_MIN_SIDE))
                 fallback = None
                 if big.mesh is not None:
                     in_crop = big.mesh @ alignment.matrix[:, :2].T + alignment.matrix[:, 2]
                     fallback = scale_points(in_crop, segment_side / alignment.size)
-                face_for_segmenter = resize_square(sr_face, segment_side)
-                segmentation = self.segmenter.segment(np.round(face_for_segmenter * 255).astype(np.uint8), fallback)
+                segmentation = self.segmenter.segment(path.to_uint8(path.resize(sr_face, segment_side)), fallback)
                 report.segmenter_source = segmentation.source
                 masks.append(resize_square(fusion_mask(segmentation.labels), side))
-                faces_at_paste_size.append(resize_square(sr_face, side))
+                faces_at_paste_size.append(path.resize(sr_face, side))
 
         with timer("fuse"):
-            alignments = [alignment for _, alignment, _ in jobs]
-            if self.superres.device.type == "cuda" and jobs:  # blend on the GPU, one round trip
-                output = fuse_faces_torch(enlarged, faces_at_paste_size, masks, alignments, self.superres.device, opts.color_match)
-            else:
-                output = enlarged.copy()
-                for alignment, face, mask in zip(alignments, faces_at_paste_size, masks):
-                    paste_face(output, enlarged, face, mask, alignment, opts.color_match)
+            output = path.fuse(frame, faces_at_paste_size, masks, [alignment for _, alignment, _ in jobs], opts.color_match)
 
         return EnhanceResult(image=output, faces=reports, timings_ms=timer.as_dict())

@@ -36,15 +36,20 @@ class SuperResolver:
         return self.engine.name
 
     @torch.inference_mode()
-    def __call__(self, crops: list[np.ndarray]) -> list[np.ndarray]:
-        """float32 RGB crops in [0, 1] -> float32 RGB crops in [0, 1], `scale` times larger."""
+    def __call__(self, crops: list[torch.Tensor]) -> list[torch.Tensor]:
+        """3 x N x N float crops in [0, 1] (any device) -> 3 x sN x sN in [0, 1] on the engine's
+        device; crops of one size go through the model as one batch."""
         by_size: dict[tuple, list[int]] = defaultdict(list)
         for index, crop in enumerate(crops):
-            by_size[crop.shape].append(index)
-        results: list[np.ndarray] = [None] * len(crops)  # type: ignore[list-item]
+            by_size[tuple(crop.shape)].append(index)
+        results: list[torch.Tensor] = [None] * len(crops)  # type: ignore[list-item]
         for indices in by_size.values():
-            batch = torch.from_numpy(np.stack([crops[i] for i in indices])).to(self.device)
-            output = self.engine(batch.permute(0, 3, 1, 2)).clamp_(0, 1).permute(0, 2, 3, 1)
-            for i, image in zip(indices, output.float().cpu().numpy()):
+            batch = torch.stack([crops[i].to(self.device) for i in indices])
+            for i, image in zip(indices, self.engine(batch).clamp_(0, 1)):
                 results[i] = image
         return results
+
+    def images(self, images: list[np.ndarray]) -> list[np.ndarray]:
+        """The same for H x W x 3 float32 numpy images."""
+        outputs = self([torch.from_numpy(image).permute(2, 0, 1) for image in images])
+        return [output.permute(1, 2, 0).float().cpu().numpy() for output in outputs]

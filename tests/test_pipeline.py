@@ -363,3 +363,60 @@ def test_default_model_sharpens_the_face(default_enhancer, astronaut):
 def test_fast_model_is_the_one_used(fast_enhancer):
     assert fast_enhancer.options.model == FAST_MODEL
     assert fast_enhancer.superres.spec.name == FAST_MODEL
+
+
+# --- the device frame path (torch; the GPU's code, run here on the CPU) ---------------------
+
+
+@pytest.mark.parametrize("scale", [1, 2, 4])
+def test_device_enlarge_matches_opencv(astronaut, scale):
+    import torch
+
+    from rtfacesr.device_frame import enlarge_torch
+
+    got = enlarge_torch(torch.from_numpy(astronaut).float(), scale).numpy()
+    difference = np.abs(got - enlarge(astronaut, scale).astype(np.float32))
+    assert got.shape == (512 * scale, 512 * scale, 3)
+    assert difference.max() <= 1 and difference.mean() < 0.15  # OpenCV rounds in fixed point
+
+
+def test_device_crops_match_opencv_crops(astronaut):
+    import torch
+
+    from rtfacesr.align import align_face, warp_face
+    from rtfacesr.device_frame import warp_faces_torch
+    from rtfacesr.types import Face
+
+    points = np.array([[205.0, 110.0], [245.0, 108.0], [226.0, 132.0], [210.0, 155.0], [242.0, 154.0]])
+    faces = [Face(np.array([175.0, 65, 275, 180]), points, 1.0), Face(np.array([0.0, 0, 80, 80]), points * 0.3, 1.0)]
+    alignments = [align_face(faces[0], 128), align_face(faces[1], 96), align_face(faces[0], 96)]
+    crops = warp_faces_torch(torch.from_numpy(astronaut).float(), alignments)
+    assert [tuple(c.shape) for c in crops] == [(3, 128, 128), (3, 96, 96), (3, 96, 96)]
+    for crop, alignment in zip(crops, alignments):
+        # OpenCV on float pixels, so that only its 1/32 px sample positions differ from torch's.
+        expected = warp_face(astronaut.astype(np.float32), alignment)
+        difference = np.abs(crop.permute(1, 2, 0).numpy() - expected)
+        inner = difference[4:-4, 4:-4]  # the mirrored border differs by half a pixel's reflection
+        assert inner.mean() < 0.15 and np.percentile(inner, 99) <= 1.0 and inner.max() <= 255 / 32 * 1.5
+
+
+@pytest.mark.parametrize("scale", [1, 2])
+def test_device_frame_path_matches_the_host_path(make_enhancer, astronaut, scale):
+    """The whole GPU-resident frame path, on the CPU device, against the OpenCV path: the same
+    faces pasted, and the frames agree but for a handful of mask-edge pixels."""
+    host = make_enhancer(scale=scale, frame_path="host")
+    device = make_enhancer(scale=scale, frame_path="device")
+    assert type(device.frame_path).__name__ == "DeviceFramePath" and type(host.frame_path).__name__ == "HostFramePath"
+    faces = host.detector.detect(astronaut)
+    expected, got = host.enhance(astronaut, faces), device.enhance(astronaut, faces)
+    assert got.image.shape == expected.image.shape and got.image.dtype == np.uint8
+    assert [f.enhanced for f in got.faces] == [f.enhanced for f in expected.faces] == [True]
+    assert got.faces[0].segmenter_source == "sr-face"
+    difference = np.abs(got.image.astype(np.int16) - expected.image.astype(np.int16))
+    assert (expected.image != enlarge(astronaut, scale)).sum() > 10_000  # a face really was pasted
+    assert difference.mean() < 0.2 and np.mean(difference > 2) < 0.005
+
+
+def test_frame_path_is_checked():
+    with pytest.raises(ValueError, match="frame path"):
+        EnhanceOptions(frame_path="gpu")

@@ -450,7 +450,7 @@ def resolver(tmp_path_factory):
 def test_super_resolver_batches_by_size_and_keeps_order(resolver):
     rng = np.random.default_rng(8)
     crops = [rng.random((32, 32, 3), dtype=np.float32), rng.random((48, 48, 3), dtype=np.float32), np.full((32, 32, 3), 0.5, np.float32)]
-    outputs = resolver(crops)
+    outputs = resolver.images(crops)
     assert resolver.device == torch.device("cpu") and resolver.scale == 4
     assert [out.shape for out in outputs] == [(128, 128, 3), (192, 192, 3), (128, 128, 3)]
     for out in outputs:
@@ -458,7 +458,7 @@ def test_super_resolver_batches_by_size_and_keeps_order(resolver):
         assert out.min() >= 0.0 and out.max() <= 1.0
     # Order is kept: each output matches its own crop run alone, not its batch neighbour.
     for crop, out in zip(crops, outputs):
-        alone = resolver([crop])[0]
+        alone = resolver.images([crop])[0]
         np.testing.assert_allclose(out, alone, atol=1e-5)
     flat = outputs[2][16:-16, 16:-16]
     assert abs(float(flat.mean()) - 0.5) < 0.05 and float(flat.std()) < 0.05
@@ -490,7 +490,7 @@ def test_resolve_device_cuda_without_a_gpu():
 @pytest.mark.parametrize("dtype", [np.uint8, np.uint16])
 def test_torch_fuse_matches_the_opencv_fuse(dtype, device):
     """The GPU fusion path (the same code runs on the CPU device) against OpenCV's."""
-    from rtfacesr.fuse_torch import fuse_faces_torch
+    from rtfacesr.frame_path import DeviceFramePath
 
     rng = np.random.default_rng(5)
     scale = float(np.iinfo(dtype).max) / 255
@@ -505,7 +505,9 @@ def test_torch_fuse_matches_the_opencv_fuse(dtype, device):
         expected = frame.copy()
         for face, mask, alignment in zip(faces, masks, alignments):
             paste_face(expected, frame, face, mask, alignment, color_match)
-        got = fuse_faces_torch(frame, faces, masks, alignments, torch.device(device), color_match)
+        path = DeviceFramePath(torch.device(device))
+        device_faces = [torch.from_numpy(face).permute(2, 0, 1).to(device) for face in faces]
+        got = path.fuse(path.enlarge(frame, 1), device_faces, masks, alignments, color_match)
         assert got.dtype == frame.dtype and got.shape == frame.shape
         difference = np.abs(got.astype(np.int64) - expected.astype(np.int64)) / scale  # in 0..255 levels
         assert (expected != frame).sum() > 1000  # the faces really were pasted

@@ -1,8 +1,9 @@
-"""Stage 6 on the GPU: the same fusion as `fuse.paste_face`, in torch, on any device.
+"""Stages 2, 3 and 6 in torch, on any device: enlarge the frame, warp the faces out of it, and
+fuse the enhanced faces back in.
 
-The frame stays on the device from the enlargement to the blend; only the result comes back.
-Kept step for step with the OpenCV version (same paste size, colour match and warp) so the two
-agree within 1/255.
+On a GPU the frame stays on the device from the enlargement to the blend: one upload, one
+download. Kept step for step with the OpenCV versions (`align.enlarge`, `align.warp_face`,
+`fuse.paste_face`) so the two agree within 1/255.
 """
 
 from __future__ import annotations
@@ -13,6 +14,28 @@ from torch.nn import functional as F
 
 from rtfacesr.fuse import COLOR_MATCH_SIGMA, face_footprint, paste_size
 from rtfacesr.types import Alignment
+
+
+def enlarge_torch(frame: torch.Tensor, scale: int) -> torch.Tensor:
+    """`align.enlarge` for an H x W x 3 float tensor: bilinear with half-pixel centres."""
+    if scale == 1:
+        return frame
+    enlarged = F.interpolate(frame.permute(2, 0, 1)[None], scale_factor=scale, mode="bilinear", align_corners=False)
+    return enlarged[0].permute(1, 2, 0).round()  # integer pixel values, as OpenCV's
+
+
+def warp_faces_torch(frame: torch.Tensor, alignments: list[Alignment]) -> list[torch.Tensor]:
+    """`align.warp_face` for every face of an H x W x 3 float tensor: 3 x N x N crops, one
+    grid_sample per crop size. The border is mirrored, as OpenCV's is (up to half a pixel)."""
+    image = frame.permute(2, 0, 1)[None]
+    crops: list[torch.Tensor] = [None] * len(alignments)  # type: ignore[list-item]
+    for size in sorted({a.size for a in alignments}):
+        indices = [i for i, a in enumerate(alignments) if a.size == size]
+        grids = torch.cat([_sampling_grid(image, alignments[i].inverse, (size, size)) for i in indices])
+        batch = F.grid_sample(image.expand(len(indices), -1, -1, -1), grids, mode="bilinear", padding_mode="reflection", align_corners=False)
+        for i, crop in zip(indices, batch):
+            crops[i] = crop
+    return crops
 
 
 def _resize(image: torch.Tensor, side: int) -> torch.Tensor:
@@ -37,9 +60,9 @@ def _gaussian_blur(image: torch.Tensor, sigma: float) -> torch.Tensor:
     return F.conv2d(horizontal, kernel.view(1, 1, -1, 1).expand(channels, 1, -1, 1), groups=channels)
 
 
-def _warp(image: torch.Tensor, matrix: np.ndarray, size: tuple[int, int], padding: str) -> torch.Tensor:
-    """Sample `image` (NCHW) at matrix @ (x, y, 1) for every output pixel (x, y) of `size` (w, h):
-    cv2.warpAffine with WARP_INVERSE_MAP, bilinear."""
+def _sampling_grid(image: torch.Tensor, matrix: np.ndarray, size: tuple[int, int]) -> torch.Tensor:
+    """grid_sample's 1 x h x w x 2 grid that samples `image` (NCHW) at matrix @ (x, y, 1) for
+    every output pixel (x, y) of `size` (w, h)."""
     width, height = size
     source_h, source_w = image.shape[-2:]
     ys, xs = torch.meshgrid(
@@ -50,8 +73,12 @@ def _warp(image: torch.Tensor, matrix: np.ndarray, size: tuple[int, int], paddin
     m = torch.as_tensor(matrix, device=image.device, dtype=torch.float32)
     u = m[0, 0] * xs + m[0, 1] * ys + m[0, 2]
     v = m[1, 0] * xs + m[1, 1] * ys + m[1, 2]
-    grid = torch.stack([(2 * u + 1) / source_w - 1, (2 * v + 1) / source_h - 1], dim=-1)[None]
-    return F.grid_sample(image, grid, mode="bilinear", padding_mode=padding, align_corners=False)
+    return torch.stack([(2 * u + 1) / source_w - 1, (2 * v + 1) / source_h - 1], dim=-1)[None]
+
+
+def _warp(image: torch.Tensor, matrix: np.ndarray, size: tuple[int, int], padding: str) -> torch.Tensor:
+    """cv2.warpAffine with WARP_INVERSE_MAP, bilinear, for an NCHW tensor."""
+    return F.grid_sample(image, _sampling_grid(image, matrix, size), mode="bilinear", padding_mode=padding, align_corners=False)
 
 
 def match_low_frequencies(face: torch.Tensor, reference: torch.Tensor) -> torch.Tensor:
@@ -93,12 +120,15 @@ def paste_face_torch(
     canvas[y0:y1, x0:x1] = torch.where(alpha > 0, blended, region)
 
 
-def fuse_faces_torch(enlarged: np.ndarray, faces: list[np.ndarray], masks: list[np.ndarray], alignments: list[Alignment],
-                     device: torch.device, color_match: bool = True) -> np.ndarray:
-    """Every face into the frame on `device`: one upload of the frame, one download of the result."""
-    max_value = float(np.iinfo(enlarged.dtype).max)
-    base = torch.from_numpy(enlarged).to(device, torch.float32)
+def resize_face_torch(face: torch.Tensor, side: int) -> torch.Tensor:
+    """`fuse.resize_square` for a 3 x S x S face tensor."""
+    return _resize(face[None], side)[0]
+
+
+def fuse_faces_torch(base: torch.Tensor, faces: list[torch.Tensor], masks: list[torch.Tensor], alignments: list[Alignment],
+                     color_match: bool = True, max_value: float = 255.0) -> torch.Tensor:
+    """Every face (3 x S x S in [0, 1]) into a copy of `base` (H x W x 3, 0..max_value)."""
     canvas = base.clone()
     for face, mask, alignment in zip(faces, masks, alignments):
-        paste_face_torch(canvas, base, torch.from_numpy(face).to(device), torch.from_numpy(mask).to(device), alignment, color_match, max_value)
-    return canvas.to(torch.int32 if enlarged.dtype == np.uint16 else torch.uint8).cpu().numpy().astype(enlarged.dtype)
+        paste_face_torch(canvas, base, face.permute(1, 2, 0), mask, alignment, color_match, max_value)
+    return canvas
