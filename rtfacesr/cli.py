@@ -30,7 +30,11 @@ def _describe(error: Exception) -> str:
 def _add_pipeline_options(parser: argparse.ArgumentParser, default_scale: int | None = 2) -> None:
     if default_scale is not None:
         parser.add_argument("--scale", type=int, default=default_scale, help="enlargement factor: 1, 2 or 4 (default %(default)s)")
-    parser.add_argument("--model", default=None, help="SR model (see `rtfacesr models list`; default: the one marked there)")
+    parser.add_argument("--model", default=None, help="SR or face-restoration model (see `rtfacesr models list`; default: the one marked there)")
+    parser.add_argument("--strength", type=float, default=None, help="0..1: blend of the model's face with the unrestored one (default: the model's, 1)")
+    parser.add_argument("--fidelity", type=float, default=None, help="CodeFormer's w, 0..1: higher keeps more of the input's identity (default 0.5)")
+    parser.add_argument("--segmenter", default="facemesh", help="face mask from facemesh (built in), or a learned parser: bisenet, parsenet (default %(default)s)")
+    parser.add_argument("--offline", action="store_true", help="never download models; use only what is in the cache")
     parser.add_argument("--device", default="auto", help="auto, cpu or cuda (default %(default)s)")
     parser.add_argument("--backend", default="auto", help="auto, torch, onnxruntime or tensorrt (default %(default)s: TensorRT, then torch CUDA, then the faster CPU one)")
     parser.add_argument("--precision", default="fp32", help="fp32 or fp16 (GPU backends; default %(default)s)")
@@ -97,10 +101,19 @@ def build_parser() -> argparse.ArgumentParser:
     engine_commands.add_parser("list", help="list cached engines")
     engine_commands.add_parser("clear", help="delete cached engines and ONNX files")
 
-    models = commands.add_parser("models", help="the SR models")
+    models = commands.add_parser("models", help="the model zoo: list, fetch, verify, locate and import models")
     model_commands = models.add_subparsers(dest="models_command", metavar="ACTION")
     model_commands.required = True
-    model_commands.add_parser("list", help="list the built-in models")
+    model_commands.add_parser("list", help="every model: kind, licence, size, and whether it is in the cache")
+    fetch = model_commands.add_parser("fetch", help="download models into the cache (resumable, sha256-checked)")
+    fetch.add_argument("names", nargs="+", metavar="NAME")
+    verify = model_commands.add_parser("verify", help="check cached models against their sha256 (default: all cached)")
+    verify.add_argument("names", nargs="*", metavar="NAME")
+    path = model_commands.add_parser("path", help="print where a model's file is")
+    path.add_argument("name", metavar="NAME")
+    imported = model_commands.add_parser("import", help="register a local checkpoint (identified by its content)")
+    imported.add_argument("file", type=Path, metavar="FILE")
+    imported.add_argument("--name", help="name for it (default: the file's stem); a known file keeps its zoo name")
     return parser
 
 
@@ -111,13 +124,13 @@ def _options(args, scale: int):
     from rtfacesr.superres import resolve_device
 
     model = args.model or DEFAULT_MODEL
-    get_spec(model)
+    get_spec(model, "enhance")
     resolve_device(args.device)
     if args.backend not in BACKENDS or args.precision not in PRECISIONS:
         raise UserError(f"--backend must be one of {', '.join(BACKENDS)} and --precision one of {', '.join(PRECISIONS)}")
     return EnhanceOptions(
         scale=scale, model=model, device=args.device, backend=args.backend, precision=args.precision, face_size=args.face_size, max_faces=args.max_faces, color_match=args.color_match,
-        frame_path=args.frame_path,
+        frame_path=args.frame_path, strength=args.strength, fidelity=args.fidelity, segmenter=args.segmenter, offline=args.offline,
     )
 
 
@@ -294,11 +307,42 @@ def cmd_demo(args) -> int:
 
 
 def cmd_models(args) -> int:
-    from rtfacesr.models.registry import BUILTIN_MODELS, DEFAULT_MODEL
+    from rtfacesr.models import zoo
+    from rtfacesr.models.registry import DEFAULT_MODEL, all_models, get_spec
 
-    for name, spec in BUILTIN_MODELS.items():
-        print(f"{name:24} x{spec.scale}  {spec.description}{'  [default]' if name == DEFAULT_MODEL else ''}")
-    return EXIT_OK
+    command = args.models_command
+    if command == "list":
+        print(f"{'NAME':22} {'KIND':8} {'ARCHITECTURE':16} {'SIZE':>9}  {'CACHED':6}  LICENCE")
+        for name, spec in all_models().items():
+            size = f"{spec.size / 2**20:.0f} MiB" if spec.size else "in pkg"
+            cached = "yes" if zoo.is_present(spec) else "no"
+            marker = "  [default]" if name == DEFAULT_MODEL else ""
+            print(f"{name:22} {spec.kind:8} {spec.architecture:16} {size:>9}  {cached:6}  {spec.licence}{marker}")
+            print(f"{'':22} {spec.description}")
+        return EXIT_OK
+    if command == "fetch":
+        specs = [get_spec(name) for name in args.names]
+        for spec in specs:
+            print(f"{spec.name}: {zoo.fetch(spec)}")
+        return EXIT_OK
+    if command == "path":
+        spec = get_spec(args.name)
+        path = zoo.weights_path(spec)
+        if not path.is_file():
+            raise UserError(f"model '{spec.name}' is not in the cache (it would be at {path}); run `rtfacesr models fetch {spec.name}`")
+        print(path)
+        return EXIT_OK
+    if command == "import":
+        spec = zoo.import_checkpoint(args.file, args.name)
+        print(f"{spec.name}: {spec.kind} model ({spec.architecture}), sha256 {spec.sha256[:16]}..., at {zoo.weights_path(spec)}")
+        return EXIT_OK
+    specs = [get_spec(name) for name in args.names] or [spec for spec in all_models().values() if zoo.is_present(spec)]
+    bad = 0
+    for spec in specs:
+        state = zoo.verify(spec)
+        bad += state != "ok"
+        print(f"{spec.name}: {state}")
+    return EXIT_PARTIAL if bad else EXIT_OK
 
 
 def main(argv: list[str] | None = None) -> int:

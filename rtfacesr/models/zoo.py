@@ -1,0 +1,269 @@
+"""The model zoo's files and modules: fetch, verify, import, and load checkpoints safely.
+
+Checkpoints are untrusted: they are read with `torch.load(weights_only=True)` (or as
+safetensors), which refuses any pickle that would run code. Every model, whatever its
+architecture, is wrapped into a module with one calling convention: N x 3 x S x S RGB in
+[0, 1] in, N x 3 x (scale S) x (scale S) RGB in [0, 1] out.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import pickle
+import shutil
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from rtfacesr.cache import sha256_of
+from rtfacesr.errors import UserError
+from rtfacesr.models.fetch import fetch_file, verify_file
+from rtfacesr.models.registry import (
+    FACE_512,
+    InputContract,
+    ModelSpec,
+    all_models,
+    build_builtin,
+    converted_weights,
+    get_spec,
+    models_dir,
+    save_imported,
+)
+
+CHECKPOINT_SUFFIXES = (".pth", ".pt", ".ckpt", ".bin", ".safetensors")
+
+
+def weights_path(spec: ModelSpec) -> Path:
+    """Where the model's checkpoint lives (built-ins: the converted safetensors)."""
+    if spec.source == "built-in":
+        return converted_weights(spec)
+    if spec.source == "imported":
+        return Path(spec.file)
+    return models_dir() / spec.filename
+
+
+def is_present(spec: ModelSpec) -> bool:
+    return spec.source == "built-in" or weights_path(spec).is_file()
+
+
+def fetch(spec: ModelSpec, *, offline: bool = False, progress: bool = True) -> Path:
+    """The checkpoint on disk: downloaded and checked if missing (never with `offline`)."""
+    if spec.source != "download":
+        path = weights_path(spec)
+        if not path.is_file():
+            raise UserError(f"model '{spec.name}': its file {path} is gone; import it again")
+        return path
+    if offline and not weights_path(spec).is_file():
+        raise UserError(f"model '{spec.name}' is not in the cache and --offline forbids downloading; run `rtfacesr models fetch {spec.name}` once online")
+    return fetch_file(spec.url, weights_path(spec), spec.sha256, spec.size, progress=progress, offline=offline)
+
+
+def verify(spec: ModelSpec) -> str:
+    """'ok', 'missing' or 'corrupt' (for imports: the file no longer has the hash it had)."""
+    if spec.source == "built-in":
+        converted_weights(spec)  # re-converts if the cache was cleared; raises on a bad package
+        return "ok"
+    path = weights_path(spec)
+    if not path.is_file():
+        return "missing"
+    return "ok" if verify_file(path, spec.sha256) else "corrupt"
+
+
+def read_checkpoint(path: Path) -> dict[str, torch.Tensor]:
+    """The tensors of a checkpoint, loaded without running any code it may carry."""
+    path = Path(path)
+    try:
+        if path.suffix == ".safetensors":
+            from safetensors.torch import load_file
+
+            return load_file(str(path))
+        checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as error:
+        first = str(error).strip().splitlines()[0] if str(error).strip() else "unsupported pickle"
+        raise UserError(f"{path.name}: refused: the checkpoint holds more than tensors, which could run code when loaded ({first[:160]})") from None
+    except (RuntimeError, OSError, EOFError, ValueError, KeyError) as error:
+        raise UserError(f"{path.name}: not a readable PyTorch checkpoint ({' '.join(str(error).split())[:160]})") from None
+    return unwrap_state_dict(checkpoint, path.name)
+
+
+def unwrap_state_dict(checkpoint, name: str = "checkpoint") -> dict[str, torch.Tensor]:
+    """The model's state dict from the layouts training code saves: {'params_ema': ...} (BasicSR),
+    {'state_dict': ...} (Lightning), {'params': ...}, or the state dict itself."""
+    if not isinstance(checkpoint, dict):
+        raise UserError(f"{name}: expected a state dict, found a {type(checkpoint).__name__}")
+    for key in ("params_ema", "params", "state_dict", "model"):
+        if isinstance(checkpoint.get(key), dict):
+            checkpoint = checkpoint[key]
+            break
+    tensors = {k: v for k, v in checkpoint.items() if isinstance(v, torch.Tensor)}
+    if not tensors:
+        raise UserError(f"{name}: holds no tensors")
+    return tensors
+
+
+class ScaledModel(nn.Module):
+    """Any network behind rtfacesr's convention: RGB in [0, 1] in and out.
+
+    Networks trained on [-1, 1] get the conversion both ways; `call` adapts the network's own
+    forward (extra outputs, CodeFormer's fidelity weight, GFPGAN's noise).
+    """
+
+    def __init__(self, network: nn.Module, symmetric: bool, call=None):
+        super().__init__()
+        self.network = network
+        self.symmetric = symmetric
+        self.call = call
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.symmetric:
+            x = x * 2 - 1
+        y = self.call(self.network, x) if self.call else self.network(x)
+        return (y.clamp(-1, 1) + 1) / 2 if self.symmetric else y
+
+
+def _spandrel_network(state_dict: dict[str, torch.Tensor]):
+    """spandrel's module for a state dict (its extra architectures, CodeFormer among them,
+    registered too where installed); None when no architecture recognises the keys."""
+    try:
+        import spandrel
+    except ImportError:
+        raise UserError("the model zoo needs spandrel: pip install 'rtfacesr[zoo]' (CodeFormer: 'rtfacesr[extra-arches]')") from None
+    try:
+        import spandrel_extra_arches
+    except ImportError:
+        pass
+    else:
+        spandrel_extra_arches.install(ignore_duplicates=True)
+    try:
+        return spandrel.ModelLoader().load_from_state_dict(state_dict)
+    except spandrel.UnsupportedModelError:
+        return None
+
+
+def identify(state_dict: dict[str, torch.Tensor]) -> tuple[str, str, InputContract]:
+    """(kind, architecture, contract) of an unknown checkpoint, from its keys."""
+    from rtfacesr.models import parsers, restoreformer_pp
+
+    if restoreformer_pp.is_restoreformer_pp(restoreformer_pp.unwrap_restoreformer_pp(state_dict)):
+        return "restore", "RestoreFormer++", FACE_512
+    for kind in parsers.PARSER_ARCHITECTURES:
+        try:
+            parsers.load_parser(kind, state_dict)
+        except ValueError:
+            continue
+        return "parser", {"bisenet": "BiSeNet", "parsenet": "ParseNet"}[kind], InputContract(512, 1, (0.0, 1.0) if kind == "bisenet" else (-1.0, 1.0))
+    descriptor = _spandrel_network(state_dict)
+    if descriptor is None:
+        raise UserError("not a checkpoint of any architecture rtfacesr knows (SR, GFPGAN, CodeFormer, RestoreFormer(++), BiSeNet, ParseNet)")
+    architecture = descriptor.architecture.id
+    if architecture in ("GFPGAN", "CodeFormer", "RestoreFormer"):
+        return "restore", architecture, FACE_512
+    if descriptor.purpose != "SR" or descriptor.input_channels != 3:
+        raise UserError(f"{architecture} is a {descriptor.purpose} model; rtfacesr runs face restorers, SR models and face parsers")
+    return "sr", architecture, InputContract(scale=descriptor.scale)
+
+
+def build_network(spec: ModelSpec, fidelity: float | None = None) -> nn.Module:
+    """The model as a [0, 1] -> [0, 1] module on the CPU, in eval mode, weights loaded."""
+    if spec.source == "built-in":
+        from safetensors.torch import load_file
+
+        module = build_builtin(spec)
+        module.load_state_dict(load_file(str(converted_weights(spec))))
+        return module.eval().requires_grad_(False)
+    state_dict = read_checkpoint(weights_path(spec))
+    if spec.architecture == "RestoreFormer++":
+        from rtfacesr.models.restoreformer_pp import build_restoreformer_pp, unwrap_restoreformer_pp
+
+        network = build_restoreformer_pp(unwrap_restoreformer_pp(state_dict))
+        return ScaledModel(network, symmetric=True).eval().requires_grad_(False)
+    descriptor = _spandrel_network(state_dict)
+    if descriptor is None and spec.architecture == "CodeFormer" and importlib.util.find_spec("spandrel_extra_arches") is None:
+        raise UserError("CodeFormer's architecture comes with spandrel's extras: pip install 'rtfacesr[extra-arches]'")
+    if descriptor is None or descriptor.architecture.id != spec.architecture:
+        found = "no known architecture" if descriptor is None else descriptor.architecture.id
+        raise UserError(f"model '{spec.name}': {weights_path(spec).name} holds {found}, not {spec.architecture}")
+    network = descriptor.model
+    if spec.architecture == "GFPGAN":  # fixed noise: the same face gives the same output
+        module = ScaledModel(network, True, lambda net, x: net(x, return_rgb=False, randomize_noise=False)[0])
+    elif spec.architecture == "CodeFormer":
+        weight = spec.default_fidelity if fidelity is None else fidelity
+        module = ScaledModel(network, True, lambda net, x: net(x, weight=weight)[0])
+    elif spec.architecture == "RestoreFormer":
+        module = ScaledModel(network, True, lambda net, x: net(x)[0])
+    else:
+        module = ScaledModel(network, False)
+    return module.eval().requires_grad_(False)
+
+
+def import_checkpoint(file: Path, name: str | None = None) -> ModelSpec:
+    """Register a local checkpoint by its content: a known file (same sha256 as a zoo entry)
+    becomes that entry; anything else is identified from its keys and stored under `name`."""
+    file = Path(file)
+    if not file.is_file():
+        raise UserError(f"{file}: no such file")
+    digest = sha256_of(file)
+    for spec in all_models().values():
+        if spec.sha256 == digest and spec.source == "download":
+            if not weights_path(spec).is_file():
+                _copy_into_cache(file, weights_path(spec))
+            return spec
+    kind, architecture, contract = identify(read_checkpoint(file))
+    name = name or file.stem.lower()
+    existing = all_models().get(name)
+    if existing is not None and existing.sha256 != digest:
+        raise UserError(f"a model named '{name}' already exists; choose another with --name")
+    target = models_dir() / "imported" / f"{digest[:16]}-{file.name}"
+    _copy_into_cache(file, target)
+    spec = ModelSpec(name, kind, architecture, f"imported from {file.name}", "unknown (imported)", contract,
+                     default_fidelity=0.5 if architecture == "CodeFormer" else None, sha256=digest, size=file.stat().st_size, file=str(target))
+    save_imported(spec)
+    return spec
+
+
+def _copy_into_cache(source: Path, target: Path) -> None:
+    target.parent.mkdir(parents=True, exist_ok=True)
+    partial = target.with_name(target.name + ".partial")
+    shutil.copyfile(source, partial)
+    partial.replace(target)
+
+
+def load_zoo_model(name: str, kind: str, *, offline: bool = False) -> ModelSpec:
+    """The spec of a model that is ready to build: known, of the right kind, and on disk."""
+    spec = get_spec(name, kind)
+    fetch(spec, offline=offline)
+    return spec
+
+
+class ModelChoice:
+    """A model as the engines see it: how to build it, and a name for everything derived from
+    its weights (ONNX files, TensorRT engines) that changes when the weights or settings do."""
+
+    def __init__(self, spec: ModelSpec, fidelity: float | None = None):
+        if fidelity is not None and not 0.0 <= fidelity <= 1.0:
+            raise UserError(f"fidelity must lie between 0 and 1, not {fidelity}")
+        self.spec = spec
+        self.fidelity = fidelity if spec.default_fidelity is not None else None
+
+    @property
+    def name(self) -> str:
+        return self.spec.name
+
+    @property
+    def identity(self) -> str:
+        weights = converted_weights(self.spec).stem if self.spec.source == "built-in" else f"{self.spec.name}-{self.spec.sha256[:16]}"
+        return weights if self.fidelity is None else f"{weights}-w{self.fidelity:g}"
+
+    def build(self) -> nn.Module:
+        return build_network(self.spec, self.fidelity)
+
+
+def load_model(name: str, device: str | torch.device = "cpu", fidelity: float | None = None, *, offline: bool = False) -> nn.Module:
+    """A model by name, ready to call: [0, 1] RGB in and out, on `device`."""
+    return ModelChoice(load_zoo_model(name, None, offline=offline), fidelity).build().to(device)
+
+
+def as_choice(model: str | ModelChoice) -> ModelChoice:
+    """Engines take a model by name too (with its default settings)."""
+    return model if isinstance(model, ModelChoice) else ModelChoice(get_spec(model))
