@@ -1,7 +1,7 @@
-"""Inference engines for the SR models behind one small interface.
+"""Inference engines for every model (SR, face restoration, face parsing) behind one interface.
 
-An engine is called with a float32 NCHW batch (RGB in [0, 1]) and returns the float32 NCHW
-result on the same device. Backends:
+An engine is called with a float32 NCHW batch (RGB in [0, 1]; face parsers: their normalised
+input) and returns the float32 NCHW result on the same device. Backends:
 
 - torch: CPU or CUDA; on CUDA fp16, channels_last, and one CUDA graph per input shape (the crop
   buckets keep the shapes few).
@@ -140,6 +140,7 @@ class OnnxRuntimeEngine:
         # Idle worker threads sleep instead of spinning: the other pipeline stages need the cores.
         options.add_session_config_entry("session.intra_op.allow_spinning", "0")
         self.session = ort.InferenceSession(str(export_onnx(model)), options, providers=providers)
+        self.out_channels = self.session.get_outputs()[0].shape[1]  # 3 for images, 19 for parsers
 
     def __call__(self, batch: torch.Tensor) -> torch.Tensor:
         batch = batch.float().contiguous()
@@ -148,8 +149,8 @@ class OnnxRuntimeEngine:
         import numpy as np
 
         batch = batch.to(self.device)
-        n, c, h, w = batch.shape
-        out = torch.empty((n, c, h * self.scale, w * self.scale), device=self.device)
+        n, _, h, w = batch.shape
+        out = torch.empty((n, self.out_channels, h * self.scale, w * self.scale), device=self.device)
         binding = self.session.io_binding()
         index = self.device.index or 0
         binding.bind_input("input", "cuda", index, np.float32, tuple(batch.shape), batch.data_ptr())
@@ -267,8 +268,8 @@ class TensorRTEngine:
             raise UserError(f"no TensorRT profile for {size} px crops (buckets {self.buckets}); use the default face sizes")
         batch = batch.to(self.device, torch.float32).contiguous()
         context = self.contexts[size]
-        out = torch.empty((batch.shape[0], 3, size * self.scale, size * self.scale), device=self.device)
         context.set_input_shape("input", tuple(batch.shape))
+        out = torch.empty(tuple(context.get_tensor_shape("output")), device=self.device)
         context.set_tensor_address("input", batch.data_ptr())
         context.set_tensor_address("output", out.data_ptr())
         if not context.execute_async_v3(torch.cuda.current_stream(self.device).cuda_stream):

@@ -93,7 +93,9 @@ class FaceEnhancer:
         )
         if self.superres.crop_size and options.face_size not in (None, self.superres.crop_size):
             raise ValueError(f"model '{options.model}' takes {self.superres.crop_size} px faces; --face-size does not apply to it")
-        self.segmenter = segmenter or create_segmenter(options.segmenter, self.superres.device, offline=options.offline)
+        self.segmenter = segmenter or create_segmenter(
+            options.segmenter, self.superres.device, self.superres.backend, options.precision, offline=options.offline
+        )
         self.frame_path = frame_path_for(options.frame_path, self.superres.device)
 
     def close(self) -> None:

@@ -121,16 +121,17 @@ class FaceMeshSegmenter:
 SEGMENTERS = ("facemesh", "bisenet", "parsenet")
 
 
-def create_segmenter(name: str, device, *, offline: bool = False) -> Segmenter:
-    """FaceMesh (built in), or a learned face parser from the model zoo (fetched if missing)."""
+def create_segmenter(name: str, device, backend: str = "auto", precision: str = "fp32", *, offline: bool = False) -> Segmenter:
+    """FaceMesh (built in), or a learned face parser from the model zoo (fetched if missing),
+    run on the same kind of engine as the face model."""
     if name == "facemesh":
         return FaceMeshSegmenter()
-    from rtfacesr.models.parsers import ParserSegmenter, load_parser
-    from rtfacesr.models.zoo import load_zoo_model, read_checkpoint, weights_path
+    from rtfacesr.backends import create_engine
+    from rtfacesr.models.parsers import ParserSegmenter
+    from rtfacesr.models.zoo import ModelChoice, load_zoo_model
 
     spec = load_zoo_model(name, "parser", offline=offline)
-    module = load_parser(spec.architecture.lower(), read_checkpoint(weights_path(spec)))
-    return ParserSegmenter(spec.architecture.lower(), module.to(device), device)
+    return ParserSegmenter(spec.architecture.lower(), create_engine(ModelChoice(spec), backend, device, precision), device)
 
 
 FEATHER_FRACTION = 0.03  # feather width as a share of the face region's size

@@ -397,18 +397,19 @@ def load_parser(kind: str, state_dict: Mapping[str, torch.Tensor]) -> nn.Module:
     return module.eval()
 
 
-def _module_dtype(module: nn.Module) -> torch.dtype:
-    param = next(module.parameters(), None)
+def _module_dtype(module) -> torch.dtype:
+    """The dtype a plain module wants; engines (rtfacesr.backends) convert their input themselves."""
+    param = next(module.parameters(), None) if isinstance(module, nn.Module) else None
     return torch.float32 if param is None else param.dtype
 
 
-def parse_face(module: nn.Module, kind: str, face_rgb_uint8: np.ndarray, device) -> np.ndarray:
+def parse_face(module, kind: str, face_rgb_uint8: np.ndarray, device) -> np.ndarray:
     """Parse an H x W x 3 RGB uint8 face; returns H x W uint8 indices into CELEBAMASK_CLASSES.
 
     The face is resized to the network's input size (area when shrinking, bilinear otherwise),
     normalised, parsed under inference mode, arg-maxed on `device`, mapped from the network's
-    own class order, and the labels resized back with nearest neighbour. `module` must already be
-    on `device`, in eval mode.
+    own class order, and the labels resized back with nearest neighbour. `module` is the network
+    (on `device`, in eval mode) or an engine holding it (`rtfacesr.backends`).
     """
     arch = get_architecture(kind)
     face = np.asarray(face_rgb_uint8)
@@ -464,7 +465,7 @@ def to_face_labels(classes: np.ndarray) -> np.ndarray:
 class ParserSegmenter:
     """A `Segmenter` backed by a learned face parser: labels come from the SR face alone."""
 
-    def __init__(self, kind: str, module: nn.Module, device):
+    def __init__(self, kind: str, module, device):
         self.input_side = get_architecture(kind).input_size  # fails early on an unknown kind
         self.kind = kind
         self.module = module

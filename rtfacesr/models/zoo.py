@@ -165,7 +165,8 @@ def identify(state_dict: dict[str, torch.Tensor]) -> tuple[str, str, InputContra
 
 
 def build_network(spec: ModelSpec, fidelity: float | None = None) -> nn.Module:
-    """The model as a [0, 1] -> [0, 1] module on the CPU, in eval mode, weights loaded."""
+    """The model as a [0, 1] -> [0, 1] module on the CPU, in eval mode, weights loaded (face
+    parsers: their network as it is, see `parsers.parse_face`)."""
     if spec.source == "built-in":
         from safetensors.torch import load_file
 
@@ -173,6 +174,10 @@ def build_network(spec: ModelSpec, fidelity: float | None = None) -> nn.Module:
         module.load_state_dict(load_file(str(converted_weights(spec))))
         return module.eval().requires_grad_(False)
     state_dict = read_checkpoint(weights_path(spec))
+    if spec.kind == "parser":  # takes the parser's own normalised input, returns 19-class logits
+        from rtfacesr.models.parsers import load_parser
+
+        return load_parser(spec.architecture.lower(), state_dict).requires_grad_(False)
     if spec.architecture == "RestoreFormer++":
         from rtfacesr.models.restoreformer_pp import build_restoreformer_pp, unwrap_restoreformer_pp
 

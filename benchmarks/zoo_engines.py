@@ -1,0 +1,88 @@
+"""CPU time of every zoo architecture at its crop size, per backend, and which export to ONNX.
+
+    python benchmarks/zoo_engines.py [--repeats 3] [--only gfpgan,codeformer,...] [--json FILE]
+
+The checkpoints are random instances in the official layouts (tools/random_checkpoints.py):
+timings and exportability do not depend on the weights, and nothing is downloaded. Each model
+is imported into a temporary cache, run on torch (one warm-up, then the median of `--repeats`),
+exported to ONNX and run on ONNX Runtime the same way; the max abs difference between the two
+is in 0..1 units. All rows come from one run on one machine, so their ratios are comparable.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tools"))
+from random_checkpoints import write_checkpoints  # noqa: E402
+
+from rtfacesr.errors import UserError  # noqa: E402
+
+SR_SIDE = 192  # the middle crop bucket, for SR models
+
+
+def _median_ms(run, batch, repeats: int) -> tuple[float, torch.Tensor]:
+    output = run(batch)
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        output = run(batch)
+        times.append((time.perf_counter() - start) * 1000)
+    return statistics.median(times), output
+
+
+def measure(name: str, path: Path, repeats: int) -> dict:
+    from rtfacesr.backends import OnnxRuntimeEngine, TorchEngine
+    from rtfacesr.models import zoo
+
+    spec = zoo.import_checkpoint(path, f"random-{name}")
+    side = spec.contract.crop_size or SR_SIDE
+    batch = torch.rand(1, 3, side, side, generator=torch.Generator().manual_seed(0))
+    row = {"architecture": spec.architecture, "kind": spec.kind, "side": side}
+    with torch.inference_mode():
+        row["torch_ms"], expected = _median_ms(TorchEngine(spec.name, torch.device("cpu")), batch, repeats)
+    try:
+        engine = OnnxRuntimeEngine(spec.name, torch.device("cpu"))
+    except UserError as error:
+        row["onnx"] = f"fails: {error}"
+        return row
+    row["onnx"] = "ok"
+    row["onnxruntime_ms"], got = _median_ms(engine, batch, repeats)
+    row["max_abs_diff"] = float((got - expected).abs().max())
+    return row
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--only", help="comma-separated subset (see tools/random_checkpoints.py)")
+    parser.add_argument("--json", dest="json_path")
+    args = parser.parse_args()
+    with tempfile.TemporaryDirectory() as folder:
+        os.environ["RTFACESR_CACHE"] = str(Path(folder) / "cache")
+        files = write_checkpoints(Path(folder) / "checkpoints", args.only.split(",") if args.only else None)
+        rows = [{"model": name, **measure(name, path, args.repeats)} for name, path in files.items()]
+    print(f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, torch {torch.__version__}, "
+          f"{torch.get_num_threads()} threads, median of {args.repeats}\n")
+    print("| model | architecture | crop | torch CPU | ONNX export | ONNX Runtime CPU | max abs diff |")
+    print("|---|---|---|---|---|---|---|")
+    for r in rows:
+        ort = f"{r['onnxruntime_ms']:.0f} ms" if "onnxruntime_ms" in r else "-"
+        diff = f"{r['max_abs_diff']:.1e}" if "max_abs_diff" in r else "-"
+        print(f"| {r['model']} | {r['architecture']} | {r['side']} | {r['torch_ms']:.0f} ms | {r['onnx']} | {ort} | {diff} |")
+    if args.json_path:
+        Path(args.json_path).write_text(json.dumps(rows, indent=2))
+
+
+if __name__ == "__main__":
+    main()
