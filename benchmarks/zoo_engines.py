@@ -56,7 +56,7 @@ def measure(name: str, path: Path, repeats: int) -> dict:
     except UserError as error:
         row["onnx"] = f"fails: {error}"
         return row
-    row["onnx"] = "ok"
+    row["onnx"] = "ok, batch 1 only" if engine.batch_of_one else "ok"
     row["onnxruntime_ms"], got = _median_ms(engine, batch, repeats)
     row["max_abs_diff"] = float((got - expected).abs().max())
     return row

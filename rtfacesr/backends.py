@@ -82,8 +82,39 @@ class TorchEngine:
         return self._graphs[key]
 
 
+def _export_routes(module: torch.nn.Module, fixed_side: int | None):
+    """The ways to export, best first: (what the file accepts, function writing it to a buffer).
+
+    The TorchScript exporter takes most models with every axis dynamic. It cannot trace
+    CodeFormer (a module looked up by a traced size) or a dynamic batch through GFPGAN's
+    modulated convolutions (weights shaped by the batch); torch.export handles the first, and a
+    fixed batch of 1 the second, at the cost of one engine call per face.
+    """
+    side = fixed_side or 64
+    sample = (torch.rand(1, 3, side, side),)
+    names = {"input_names": ["input"], "output_names": ["output"]}
+    spatial = {} if fixed_side else {2: "height", 3: "width"}
+    axes = {"input": {0: "batch", **spatial}, "output": {0: "batch", **{k: f"out_{v}" for k, v in spatial.items()}}}
+
+    def torchscript(buffer, dynamic_axes):
+        torch.onnx.export(module, sample, buffer, **names, dynamic_axes=dynamic_axes, opset_version=ONNX_OPSET, dynamo=False)
+
+    def torch_export(buffer):
+        batch = torch.export.Dim("batch", min=1, max=64)
+        shapes = {"x": {0: batch, **({} if fixed_side else {2: torch.export.Dim("height"), 3: torch.export.Dim("width")})}}
+        program = torch.onnx.export(module, (torch.rand(2, 3, side, side),), **names, dynamic_shapes=shapes, opset_version=ONNX_OPSET + 1, dynamo=True)
+        program.save(buffer)
+
+    yield "dynamic", lambda buffer: torchscript(buffer, axes)
+    if available("onnxscript"):
+        yield "dynamic", torch_export
+    if fixed_side:
+        yield "batch 1", lambda buffer: torchscript(buffer, None)
+
+
 def export_onnx(model: str | ModelChoice) -> Path:
-    """The model as ONNX (dynamic batch and size), exported once per weights file and setting."""
+    """The model as ONNX, exported once per weights file and setting: dynamic batch (and size,
+    for SR models) where the exporters manage it, else a fixed batch of 1."""
     model = as_choice(model)
     target = cache_dir() / "onnx" / f"{model.identity}-opset{ONNX_OPSET}.onnx"
     if target.exists():
@@ -91,29 +122,26 @@ def export_onnx(model: str | ModelChoice) -> Path:
     if not available("onnx"):
         raise UserError("ONNX export needs the onnx package: pip install 'rtfacesr[onnx]'")
     import io
+    import logging
     import warnings
 
     module = model.build()
-    side = model.spec.contract.crop_size or 64
-    buffer = io.BytesIO()
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # the TorchScript exporter's deprecation notice
-        try:
-            torch.onnx.export(
-                module,
-            (torch.rand(1, 3, side, side),),
-                buffer,
-                input_names=["input"],
-                output_names=["output"],
-                dynamic_axes={"input": {0: "batch", 2: "height", 3: "width"}, "output": {0: "batch", 2: "out_height", 3: "out_width"}},
-                opset_version=ONNX_OPSET,
-                dynamo=False,
-            )
-        except Exception as error:  # noqa: BLE001  (any exporter failure means: this model has no ONNX form)
-            detail = " ".join(str(error).split())[:200]
-            raise UserError(f"{model.name} cannot be exported to ONNX ({type(error).__name__}: {detail}); use --backend torch") from None
-    atomic_write_bytes(target, buffer.getvalue())
-    return target
+    failures = []
+    for _, export in _export_routes(module, model.spec.contract.crop_size):
+        buffer = io.BytesIO()
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # the exporters' deprecation and tracing notices
+            logging.disable(logging.WARNING)
+            try:
+                export(buffer)
+            except Exception as error:  # noqa: BLE001  (an exporter failing just means: try the next way)
+                failures.append(f"{type(error).__name__}: {' '.join(str(error).split())[:120]}")
+                continue
+            finally:
+                logging.disable(logging.NOTSET)
+        atomic_write_bytes(target, buffer.getvalue())
+        return target
+    raise UserError(f"{model.name} cannot be exported to ONNX ({'; '.join(failures)}); use --backend torch")
 
 
 class OnnxRuntimeEngine:
@@ -141,8 +169,14 @@ class OnnxRuntimeEngine:
         options.add_session_config_entry("session.intra_op.allow_spinning", "0")
         self.session = ort.InferenceSession(str(export_onnx(model)), options, providers=providers)
         self.out_channels = self.session.get_outputs()[0].shape[1]  # 3 for images, 19 for parsers
+        self.batch_of_one = self.session.get_inputs()[0].shape[0] == 1  # see _export_routes
 
     def __call__(self, batch: torch.Tensor) -> torch.Tensor:
+        if self.batch_of_one and batch.shape[0] > 1:
+            return torch.cat([self._run(face[None]) for face in batch])
+        return self._run(batch)
+
+    def _run(self, batch: torch.Tensor) -> torch.Tensor:
         batch = batch.float().contiguous()
         if self.device.type != "cuda":
             return torch.from_numpy(self.session.run(None, {"input": batch.numpy()})[0])
@@ -229,6 +263,7 @@ class TensorRTEngine:
         self.engine = trt.Runtime(self.logger).deserialize_cuda_engine(plan.read_bytes())
         if self.engine is None:
             raise UserError(f"{plan}: TensorRT could not load this engine; delete it with `rtfacesr engines clear`")
+        self.batch_of_one = self.engine.get_tensor_shape("input")[0] == 1
         self.contexts = {}
         for profile, size in enumerate(self.buckets):
             context = self.engine.create_execution_context()
@@ -249,9 +284,10 @@ class TensorRTEngine:
         timing_path = engine_folder() / f"timing-{self.key.gpu.replace(' ', '_')}-{self.key.tensorrt}.cache"
         timing = config.create_timing_cache(timing_path.read_bytes() if timing_path.exists() else b"")
         config.set_timing_cache(timing, ignore_mismatch=False)
+        max_batch = self.key.max_batch if network.get_input(0).shape[0] == -1 else 1  # see _export_routes
         for size in self.buckets:
             profile = builder.create_optimization_profile()
-            profile.set_shape("input", (1, 3, size, size), (1, 3, size, size), (self.key.max_batch, 3, size, size))
+            profile.set_shape("input", (1, 3, size, size), (1, 3, size, size), (max_batch, 3, size, size))
             config.add_optimization_profile(profile)
         if progress:
             progress(f"building TensorRT engine for {self.key.model} ({self.precision}, buckets {self.buckets}); this takes minutes once")
@@ -263,6 +299,8 @@ class TensorRTEngine:
         atomic_write_bytes(timing_path, bytes(config.get_timing_cache().serialize()))
 
     def __call__(self, batch: torch.Tensor) -> torch.Tensor:
+        if self.batch_of_one and batch.shape[0] > 1:
+            return torch.cat([self(face[None]) for face in batch])
         size = batch.shape[-1]
         if size not in self.contexts:
             raise UserError(f"no TensorRT profile for {size} px crops (buckets {self.buckets}); use the default face sizes")
@@ -334,6 +372,8 @@ def create_engine(model: str | ModelChoice, backend: str, device: torch.device, 
     if precision not in PRECISIONS:
         raise UserError(f"precision must be fp32 or fp16, not '{precision}'")
     model = as_choice(model)
+    if not model.spec.runs_fp16:
+        precision = "fp32"
     backend = resolve_backend(backend, model, device)
     if backend == "torch":
         return TorchEngine(model, device, precision)

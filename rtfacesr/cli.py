@@ -95,9 +95,10 @@ def build_parser() -> argparse.ArgumentParser:
     engine_commands = engines.add_subparsers(dest="engines_command", metavar="ACTION")
     engine_commands.required = True
     build = engine_commands.add_parser("build", help="export ONNX and, where TensorRT and a GPU exist, build TensorRT engines ahead of time")
-    build.add_argument("--model", action="append", help="model to build (repeatable; default: all built-ins)")
+    build.add_argument("--model", action="append", help="model to build (repeatable; default: every model in the cache)")
     build.add_argument("--precision", default="fp16", help="TensorRT precision, fp16 or fp32 (default %(default)s)")
     build.add_argument("--max-faces", type=int, default=8, help="largest batch the engines take (default %(default)s)")
+    build.add_argument("--offline", action="store_true", help="never download models; build only from the cache")
     engine_commands.add_parser("list", help="list cached engines")
     engine_commands.add_parser("clear", help="delete cached engines and ONNX files")
 
@@ -261,7 +262,8 @@ def cmd_engines(args) -> int:
 
     from rtfacesr import backends
     from rtfacesr.cache import cache_dir
-    from rtfacesr.models.registry import BUILTIN_MODELS, get_spec
+    from rtfacesr.models import zoo
+    from rtfacesr.models.registry import all_models, get_spec
 
     folders = (backends.engine_folder(), cache_dir() / "onnx")
     if args.engines_command == "clear":
@@ -276,14 +278,15 @@ def cmd_engines(args) -> int:
         for entry in backends.cached_engines():
             print(f"tensorrt  {entry['plan']}  {entry['bytes'] / 2**20:.1f} MiB  {entry['gpu']} TensorRT {entry['tensorrt']} {entry['precision']}")
         return EXIT_OK
-    models = args.model or list(BUILTIN_MODELS)
+    models = args.model or [name for name, spec in all_models().items() if zoo.is_present(spec)]
     for model in models:
-        get_spec(model)
+        zoo.fetch(get_spec(model), offline=args.offline)
     tensorrt = torch.cuda.is_available() and backends.available("tensorrt")
     for model in models:
         print(f"{model}: ONNX {backends.export_onnx(model)}")
         if tensorrt:
-            engine = backends.TensorRTEngine(model, torch.device("cuda"), args.precision, max_batch=args.max_faces, progress=print)
+            precision = args.precision if get_spec(model).runs_fp16 else "fp32"
+            engine = backends.TensorRTEngine(model, torch.device("cuda"), precision, max_batch=args.max_faces, progress=print)
             print(f"{model}: TensorRT {engine.key.plan_path(backends.engine_folder())}")
     if not tensorrt:
         print("TensorRT engines not built: " + ("TensorRT is not installed (pip install 'rtfacesr[tensorrt]')" if torch.cuda.is_available() else "no CUDA GPU here"))

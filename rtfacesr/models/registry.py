@@ -22,6 +22,9 @@ from rtfacesr.models.arch import RRDBNet, SRVGGNetCompact
 from rtfacesr.models.ncnn import NcnnFormatError, load_ncnn
 
 KINDS = ("sr", "restore", "parser")
+# Architectures whose activations overflow in fp16 (spandrel marks them so): they run in fp32
+# whatever precision is asked for, and say so in the engine's `precision`.
+FP32_ONLY_ARCHITECTURES = frozenset({"GFPGAN", "CodeFormer", "RestoreFormer", "RestoreFormer++"})
 
 
 @dataclass(frozen=True)
@@ -53,6 +56,10 @@ class ModelSpec:
     @property
     def scale(self) -> int:
         return self.contract.scale
+
+    @property
+    def runs_fp16(self) -> bool:
+        return self.architecture not in FP32_ONLY_ARCHITECTURES
 
     @property
     def source(self) -> str:

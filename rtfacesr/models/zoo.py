@@ -173,6 +173,8 @@ def build_network(spec: ModelSpec, fidelity: float | None = None) -> nn.Module:
         module = build_builtin(spec)
         module.load_state_dict(load_file(str(converted_weights(spec))))
         return module.eval().requires_grad_(False)
+    if not weights_path(spec).is_file():
+        raise UserError(f"model '{spec.name}' is not in the cache; run `rtfacesr models fetch {spec.name}`")
     state_dict = read_checkpoint(weights_path(spec))
     if spec.kind == "parser":  # takes the parser's own normalised input, returns 19-class logits
         from rtfacesr.models.parsers import load_parser
