@@ -154,3 +154,84 @@ def test_engines_build_list_clear(run_cli):
     assert "realesr-animevideov3" not in run_cli("engines", "list").out
     bad = run_cli("engines", "build", "--model", "nope")
     assert bad.code != 0 and bad.err.startswith("rtfacesr: error:")
+
+
+# --- ONNX export routes: the fallbacks that zoo architectures need --------------------------
+
+
+class _SizeKeyedNet(torch.nn.Module):
+    """Picks a layer by the input's size as a string, as CodeFormer does: the TorchScript
+    exporter traces the size as a tensor, so only torch.export can take it."""
+
+    def __init__(self):
+        super().__init__()
+        self.by_size = torch.nn.ModuleDict({"32": torch.nn.Conv2d(3, 3, 3, padding=1)})
+
+    def forward(self, x):
+        return torch.sigmoid(self.by_size[str(x.shape[-1])](x))
+
+
+class _BatchShapedWeightsNet(torch.nn.Module):
+    """Convolution weights computed per image and grouped by the batch, as StyleGAN2's
+    modulated convolutions are: no exporter takes a dynamic batch through it."""
+
+    def __init__(self):
+        super().__init__()
+        self.weight = torch.nn.Parameter(torch.randn(3, 3, 3, 3) * 0.1)
+        self.style = torch.nn.Linear(3, 3)
+
+    def forward(self, x):
+        b = x.shape[0]
+        styles = self.style(x.mean(dim=(2, 3)))  # b x 3
+        weights = (self.weight[None] * styles[:, None, :, None, None]).reshape(b * 3, 3, 3, 3)
+        y = torch.nn.functional.conv2d(x.reshape(1, b * 3, *x.shape[2:]), weights, padding=1, groups=b)
+        return torch.sigmoid(y.reshape(b, 3, *x.shape[2:]))
+
+
+@dataclasses.dataclass
+class _Choice:
+    """What the exporter and engines read of a ModelChoice, for a module made here."""
+
+    module: torch.nn.Module
+    name: str
+    identity: str
+    spec: object
+
+    def build(self):
+        return self.module.eval()
+
+
+def _choice(module, name, side=32):
+    from rtfacesr.models.registry import InputContract, ModelSpec
+
+    spec = ModelSpec(name, "restore", name, "test net", "none", InputContract(crop_size=side, scale=1))
+    return _Choice(module, name, f"{name}-{torch.initial_seed()}", spec)
+
+
+@pytest.mark.parametrize("net, batch_of_one", [(_SizeKeyedNet, False), (_BatchShapedWeightsNet, True)])
+def test_onnx_export_falls_back_and_engines_loop_batch_one_models(net, batch_of_one, monkeypatch, tmp_path):
+    monkeypatch.setenv("RTFACESR_CACHE", str(tmp_path))
+    torch.manual_seed(1)
+    choice = _choice(net(), net.__name__)
+    monkeypatch.setattr(backends, "as_choice", lambda model: model)
+    engine = OnnxRuntimeEngine(choice, CPU)
+    assert engine.batch_of_one == batch_of_one
+    batch = torch.rand(3, 3, 32, 32)
+    with torch.inference_mode():
+        expected = torch.cat([choice.module(face[None]) for face in batch])
+    got = engine(batch)
+    assert got.shape == (3, 3, 32, 32)
+    assert float((got - expected).abs().max()) < 1e-5
+
+
+def test_onnx_export_failure_is_one_line(monkeypatch, tmp_path):
+    class Unexportable(torch.nn.Module):
+        def forward(self, x):
+            return x * torch.linalg.svdvals(x[0, 0]).sum()  # no ONNX exporter has an SVD
+
+    monkeypatch.setenv("RTFACESR_CACHE", str(tmp_path))
+    monkeypatch.setattr(backends, "as_choice", lambda model: model)
+    with pytest.raises(UserError, match="cannot be exported to ONNX") as caught:
+        export_onnx(_choice(Unexportable(), "unexportable"))
+    assert "\n" not in str(caught.value)
+    assert not list(tmp_path.rglob("*.onnx"))
