@@ -89,6 +89,15 @@ def make_enhancer(fast_enhancer):
         detector.close()
 
 
+@pytest.fixture
+def server():
+    """A local HTTP server for download tests (see payload_server.py)."""
+    from payload_server import PayloadServer
+
+    with PayloadServer() as httpd:
+        yield httpd
+
+
 @dataclass
 class CliResult:
     code: int

@@ -3,12 +3,7 @@
 from __future__ import annotations
 
 import hashlib
-import os
 import socket
-import threading
-import time
-from dataclasses import dataclass, field
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
@@ -17,92 +12,7 @@ from rtfacesr.errors import UserError
 from rtfacesr.models import fetch as fetch_module
 from rtfacesr.models.fetch import fetch_file, verify_file
 
-PAYLOAD = os.urandom(300_000)
-PAYLOAD_SHA = hashlib.sha256(PAYLOAD).hexdigest()
-CUT = 100_000
-
-
-@dataclass
-class Behaviour:
-    """What the server does; tests switch these on. Each cut or stall happens on one request."""
-
-    cuts_left: int = 0  # close the connection after `cut_after` body bytes, this many times
-    cut_after: int = CUT
-    stalls_left: int = 0  # send `cut_after` bytes, then go silent for `stall_s`, then close
-    stall_s: float = 0.0
-    ignore_range: bool = False
-    status: int | None = None  # answer every request with this error status
-    ranges: list[str | None] = field(default_factory=list)  # the Range header of each request
-    agents: list[str | None] = field(default_factory=list)
-
-
-class PayloadHandler(BaseHTTPRequestHandler):
-    """Serves PAYLOAD at any path, honouring `Range: bytes=N-` unless told not to."""
-
-    server: PayloadServer
-
-    def do_GET(self) -> None:
-        behaviour = self.server.behaviour
-        range_header = self.headers.get("Range")
-        behaviour.ranges.append(range_header)
-        behaviour.agents.append(self.headers.get("User-Agent"))
-        if behaviour.status is not None:
-            self.send_error(behaviour.status)
-            return
-        start = 0
-        if range_header and not behaviour.ignore_range:
-            start = int(range_header.removeprefix("bytes=").rstrip("-"))
-            if start >= len(PAYLOAD):
-                self.send_response(416)
-                self.send_header("Content-Range", f"bytes */{len(PAYLOAD)}")
-                self.send_header("Content-Length", "0")
-                self.end_headers()
-                return
-            self.send_response(206)
-            self.send_header("Content-Range", f"bytes {start}-{len(PAYLOAD) - 1}/{len(PAYLOAD)}")
-        else:
-            self.send_response(200)
-        body = PAYLOAD[start:]
-        self.send_header("Content-Length", str(len(body)))
-        self.end_headers()
-        if behaviour.cuts_left:
-            behaviour.cuts_left -= 1
-            self.wfile.write(body[: behaviour.cut_after])
-            return  # HTTP/1.0: returning closes the connection, short of Content-Length
-        if behaviour.stalls_left:
-            behaviour.stalls_left -= 1
-            self.wfile.write(body[: behaviour.cut_after])
-            self.wfile.flush()
-            time.sleep(behaviour.stall_s)
-            return
-        self.wfile.write(body)
-
-    def log_message(self, format: str, *args: object) -> None:
-        pass  # keep test output clean
-
-
-class PayloadServer(ThreadingHTTPServer):
-    daemon_threads = True
-
-    def __init__(self) -> None:
-        super().__init__(("127.0.0.1", 0), PayloadHandler)
-        self.behaviour = Behaviour()
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.server_address[1]}/weights.bin"
-
-
-@pytest.fixture
-def server():
-    httpd = PayloadServer()
-    thread = threading.Thread(target=httpd.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
-    thread.start()
-    yield httpd
-    httpd.shutdown()
-    httpd.server_close()
-    thread.join(timeout=5)
-
+from payload_server import CUT, PAYLOAD, PAYLOAD_SHA
 
 @pytest.fixture
 def target(tmp_path) -> Path:
@@ -124,7 +34,7 @@ def fetch(url: str, target: Path, **options) -> Path:
 
 
 def test_download_lands_at_target_whole_and_verified(server, target):
-    result = fetch_file(server.url, target, PAYLOAD_SHA, size=len(PAYLOAD), progress=True)
+    result = fetch_file(server.url(), target, PAYLOAD_SHA, size=len(PAYLOAD), progress=True)
     assert result == target
     assert target.read_bytes() == PAYLOAD
     assert not partial_of(target).exists()
@@ -136,14 +46,14 @@ def test_download_lands_at_target_whole_and_verified(server, target):
 def test_valid_file_is_returned_without_a_request(server, target):
     target.parent.mkdir(parents=True)
     target.write_bytes(PAYLOAD)
-    assert fetch(server.url, target) == target
+    assert fetch(server.url(), target) == target
     assert server.behaviour.ranges == []
 
 
 def test_corrupt_file_at_target_is_downloaded_again(server, target):
     target.parent.mkdir(parents=True)
     target.write_bytes(b"not the weights")
-    fetch(server.url, target)
+    fetch(server.url(), target)
     assert target.read_bytes() == PAYLOAD
     assert server.behaviour.ranges == [None]
 
@@ -153,14 +63,14 @@ def test_corrupt_file_at_target_is_removed_even_if_the_download_fails(server, ta
     target.parent.mkdir(parents=True)
     target.write_bytes(b"not the weights")
     with pytest.raises(UserError):
-        fetch(server.url, target)
+        fetch(server.url(), target)
     assert_nothing_left(target)
 
 
 def test_sha256_mismatch_leaves_nothing_behind(server, target):
     wrong = hashlib.sha256(b"another file").hexdigest()
     with pytest.raises(UserError) as raised:
-        fetch_file(server.url, target, wrong, progress=False)
+        fetch_file(server.url(), target, wrong, progress=False)
     message = str(raised.value)
     assert "sha256" in message and wrong[:12] in message and PAYLOAD_SHA[:12] in message
     assert "\n" not in message
@@ -169,7 +79,7 @@ def test_sha256_mismatch_leaves_nothing_behind(server, target):
 
 def test_transfer_cut_mid_way_is_resumed_in_the_same_call(server, target):
     server.behaviour.cuts_left = 1
-    fetch(server.url, target)
+    fetch(server.url(), target)
     assert target.read_bytes() == PAYLOAD
     assert server.behaviour.ranges == [None, f"bytes={CUT}-"]
     assert not partial_of(target).exists()
@@ -178,7 +88,7 @@ def test_transfer_cut_mid_way_is_resumed_in_the_same_call(server, target):
 def test_stalled_transfer_times_out_and_resumes(server, target):
     server.behaviour.stalls_left = 1
     server.behaviour.stall_s = 1.0
-    fetch(server.url, target, timeout=0.2)
+    fetch(server.url(), target, timeout=0.2)
     assert target.read_bytes() == PAYLOAD
     assert server.behaviour.ranges == [None, f"bytes={CUT}-"]
 
@@ -186,7 +96,7 @@ def test_stalled_transfer_times_out_and_resumes(server, target):
 def test_partial_from_an_earlier_run_is_resumed(server, target):
     target.parent.mkdir(parents=True)
     partial_of(target).write_bytes(PAYLOAD[:CUT])
-    fetch(server.url, target)
+    fetch(server.url(), target)
     assert target.read_bytes() == PAYLOAD
     assert server.behaviour.ranges == [f"bytes={CUT}-"]
     assert not partial_of(target).exists()
@@ -195,7 +105,7 @@ def test_partial_from_an_earlier_run_is_resumed(server, target):
 def test_complete_partial_is_finished_without_a_request(server, target):
     target.parent.mkdir(parents=True)
     partial_of(target).write_bytes(PAYLOAD)
-    fetch(server.url, target)
+    fetch(server.url(), target)
     assert target.read_bytes() == PAYLOAD
     assert server.behaviour.ranges == []
 
@@ -205,7 +115,7 @@ def test_range_not_satisfiable_means_the_partial_is_judged_as_is(server, target)
     target.parent.mkdir(parents=True)
     partial_of(target).write_bytes(bytes(len(PAYLOAD)))
     with pytest.raises(UserError, match="sha256"):
-        fetch(server.url, target)
+        fetch(server.url(), target)
     assert server.behaviour.ranges == [f"bytes={len(PAYLOAD)}-"]
     assert_nothing_left(target)
 
@@ -215,7 +125,7 @@ def test_partial_longer_than_the_file_is_thrown_away(server, target):
     target.parent.mkdir(parents=True)
     partial_of(target).write_bytes(PAYLOAD + b"extra")
     with pytest.raises(UserError, match="404"):
-        fetch(server.url, target, size=len(PAYLOAD))
+        fetch(server.url(), target, size=len(PAYLOAD))
     assert server.behaviour.ranges == [None]
     assert_nothing_left(target)
 
@@ -224,7 +134,7 @@ def test_server_that_ignores_range_gives_a_fresh_whole_file(server, target):
     server.behaviour.ignore_range = True
     target.parent.mkdir(parents=True)
     partial_of(target).write_bytes(PAYLOAD[:CUT])
-    fetch(server.url, target)
+    fetch(server.url(), target)
     assert target.read_bytes() == PAYLOAD
     assert server.behaviour.ranges == [f"bytes={CUT}-"]
 
@@ -234,11 +144,11 @@ def test_repeated_cuts_keep_the_partial_for_the_next_call(server, target, monkey
     server.behaviour.cuts_left = 3
     server.behaviour.cut_after = 10_000
     with pytest.raises(UserError, match="cut off 3 times") as raised:
-        fetch_file(server.url, target, PAYLOAD_SHA, progress=False, retries=2)
+        fetch_file(server.url(), target, PAYLOAD_SHA, progress=False, retries=2)
     assert "\n" not in str(raised.value)
     assert not target.exists()
     assert partial_of(target).read_bytes() == PAYLOAD[:30_000]
-    fetch(server.url, target)
+    fetch(server.url(), target)
     assert target.read_bytes() == PAYLOAD
     assert server.behaviour.ranges[-1] == "bytes=30000-"
 
@@ -246,7 +156,7 @@ def test_repeated_cuts_keep_the_partial_for_the_next_call(server, target, monkey
 def test_http_404_is_a_user_error(server, target):
     server.behaviour.status = 404
     with pytest.raises(UserError) as raised:
-        fetch(server.url, target)
+        fetch(server.url(), target)
     message = str(raised.value)
     assert "404" in message and "Not Found" in message and "\n" not in message
     assert_nothing_left(target)
@@ -266,7 +176,7 @@ def test_connection_refused_is_one_line_and_leaves_nothing(target):
 
 def test_offline_never_touches_the_network(server, target):
     with pytest.raises(UserError, match="--offline"):
-        fetch(server.url, target, offline=True)
+        fetch(server.url(), target, offline=True)
     assert server.behaviour.ranges == []
     assert_nothing_left(target)
 
@@ -274,13 +184,13 @@ def test_offline_never_touches_the_network(server, target):
 def test_offline_returns_a_file_already_there(server, target):
     target.parent.mkdir(parents=True)
     target.write_bytes(PAYLOAD)
-    assert fetch(server.url, target, offline=True) == target
+    assert fetch(server.url(), target, offline=True) == target
     assert server.behaviour.ranges == []
 
 
 def test_size_other_than_the_servers_is_an_error(server, target):
     with pytest.raises(UserError, match=f"{len(PAYLOAD)} bytes") as raised:
-        fetch(server.url, target, size=len(PAYLOAD) + 1)
+        fetch(server.url(), target, size=len(PAYLOAD) + 1)
     assert "\n" not in str(raised.value)
     assert_nothing_left(target)
 

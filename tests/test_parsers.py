@@ -108,7 +108,7 @@ LAYOUTS = {
 }
 
 
-def _random_state(kind: str, seed: int = 0) -> dict[str, torch.Tensor]:
+def random_parser_state(kind: str, seed: int = 0) -> dict[str, torch.Tensor]:
     """A fresh module's state with every float entry randomised (running stats kept valid)."""
     torch.manual_seed(seed)
     state = PARSER_ARCHITECTURES[kind].module_class().state_dict()
@@ -141,7 +141,7 @@ def test_parameter_counts():
 
 @pytest.mark.parametrize("kind", ["bisenet", "parsenet"])
 def test_checkpoint_round_trip_loads_strictly(kind, tmp_path):
-    state = _random_state(kind)
+    state = random_parser_state(kind)
     plain, wrapped = tmp_path / "plain.pth", tmp_path / "wrapped.pth"
     torch.save(state, plain)
     torch.save({f"module.{key}": value for key, value in state.items()}, wrapped)
@@ -162,7 +162,7 @@ def test_checkpoint_round_trip_loads_strictly(kind, tmp_path):
 
 
 def test_bisenet_auxiliary_heads_run():
-    module = load_parser("bisenet", _random_state("bisenet"))
+    module = load_parser("bisenet", random_parser_state("bisenet"))
     x = torch.randn(1, 3, 256, 256)
     with torch.inference_mode():
         main, aux16, aux32 = module.forward_with_aux(x)
@@ -171,7 +171,7 @@ def test_bisenet_auxiliary_heads_run():
 
 
 def test_older_checkpoints_without_num_batches_tracked_load():
-    state = {k: v for k, v in _random_state("bisenet").items() if not k.endswith("num_batches_tracked")}
+    state = {k: v for k, v in random_parser_state("bisenet").items() if not k.endswith("num_batches_tracked")}
     module = load_parser("bisenet", state)
     assert torch.equal(module.state_dict()["conv_out.conv_out.weight"], state["conv_out.conv_out.weight"])
 
@@ -185,7 +185,7 @@ def _one_line_error(kind, state) -> str:
 
 
 def test_load_parser_rejects_mismatches():
-    state = _random_state("bisenet")
+    state = random_parser_state("bisenet")
 
     missing = dict(state)
     del missing["conv_out.conv_out.weight"], missing["ffm.conv1.weight"]
@@ -290,7 +290,7 @@ def test_parse_face_rejects_non_rgb_uint8():
 def test_parser_segmenter_labels_a_face(astronaut):
     face = np.ascontiguousarray(astronaut[0:300, 110:410])
     assert face.shape == (300, 300, 3)
-    segmenter = ParserSegmenter("bisenet", load_parser("bisenet", _random_state("bisenet")), torch.device("cpu"))
+    segmenter = ParserSegmenter("bisenet", load_parser("bisenet", random_parser_state("bisenet")), torch.device("cpu"))
     result = segmenter.segment(face, None)
     segmenter.close()
     assert isinstance(result, Segmentation)

@@ -137,7 +137,10 @@ def imported_models() -> dict[str, ModelSpec]:
     if not index.exists():
         return {}
     entries = json.loads(index.read_text())
-    return {name: ModelSpec(**{**entry, "contract": InputContract(**entry["contract"])}) for name, entry in entries.items()}
+    def contract(fields: dict) -> InputContract:  # JSON gave the value range back as a list
+        return InputContract(**{**fields, "value_range": tuple(fields["value_range"])})
+
+    return {name: ModelSpec(**{**entry, "contract": contract(entry["contract"])}) for name, entry in entries.items()}
 
 
 def save_imported(spec: ModelSpec) -> None:

@@ -70,8 +70,23 @@ def verify(spec: ModelSpec) -> str:
     return "ok" if verify_file(path, spec.sha256) else "corrupt"
 
 
+def _looks_pickled(path: Path) -> bool:
+    """A torch zip archive or a bare pickle: a file that could carry code, not just garbage."""
+    with open(path, "rb") as handle:
+        head = handle.read(4)
+    return head.startswith(b"PK\x03\x04") or head[:1] == b"\x80"
+
+
+def _why_refused(error: Exception) -> str:
+    """The line of torch's weights-only message that names what was refused."""
+    lines = [line.strip() for line in str(error).splitlines() if line.strip()]
+    return next((line for line in lines if "GLOBAL" in line or "Unsupported" in line), lines[-1] if lines else "a non-tensor object")
+
+
 def read_checkpoint(path: Path) -> dict[str, torch.Tensor]:
     """The tensors of a checkpoint, loaded without running any code it may carry."""
+    from safetensors import SafetensorError
+
     path = Path(path)
     try:
         if path.suffix == ".safetensors":
@@ -80,10 +95,12 @@ def read_checkpoint(path: Path) -> dict[str, torch.Tensor]:
             return load_file(str(path))
         checkpoint = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as error:
-        first = str(error).strip().splitlines()[0] if str(error).strip() else "unsupported pickle"
-        raise UserError(f"{path.name}: refused: the checkpoint holds more than tensors, which could run code when loaded ({first[:160]})") from None
-    except (RuntimeError, OSError, EOFError, ValueError, KeyError) as error:
-        raise UserError(f"{path.name}: not a readable PyTorch checkpoint ({' '.join(str(error).split())[:160]})") from None
+        if not _looks_pickled(path):
+            raise UserError(f"{path.name}: not a readable PyTorch checkpoint (neither a torch archive nor a pickle)") from None
+        raise UserError(f"{path.name}: refused: the checkpoint holds more than tensors, which could run code when loaded ({_why_refused(error)[:160]})") from None
+    except (RuntimeError, OSError, EOFError, ValueError, KeyError, SafetensorError) as error:
+        detail = " ".join(str(error).split())[:160] or type(error).__name__
+        raise UserError(f"{path.name}: not a readable checkpoint ({detail})") from None
     return unwrap_state_dict(checkpoint, path.name)
 
 
