@@ -329,13 +329,15 @@ def _sample_face(side: int) -> torch.Tensor:
     return torch.from_numpy(astronaut_face(side)).permute(2, 0, 1)[None].float() / 255
 
 
-def _fastest_cpu_backend(model: str | ModelChoice) -> str:
-    """Time torch and ONNX Runtime on a face crop of the middle bucket; remember the winner
-    for this model, machine and library versions, so the measurement runs once. Zoo models run
-    on torch: their ONNX export is slow, and for some architectures impossible."""
-    if not available("onnxruntime") or model.spec.source != "built-in":
+def _fastest_cpu_backend(model: ModelChoice) -> str:
+    """Time torch and ONNX Runtime on a face crop of the size the model will get (the middle
+    bucket, or its fixed size); remember the winner for this model, machine and library
+    versions, so the measurement (and the ONNX export) happens once. A model that cannot be
+    exported runs on torch."""
+    if not available("onnxruntime"):
         return "torch"
     import os
+    import sys
 
     import onnxruntime
 
@@ -343,11 +345,20 @@ def _fastest_cpu_backend(model: str | ModelChoice) -> str:
     record = cache_dir() / "cpu-backend-choice.json"
     choices = json.loads(record.read_text()) if record.exists() else {}
     if key not in choices:
-        sample = _sample_face(FACE_SIZE_BUCKETS[1])
+        fixed = model.spec.contract.crop_size
+        if fixed:
+            print(f"rtfacesr: timing torch against ONNX Runtime for {model.name} (once; remembered)", file=sys.stderr)
+        sample = _sample_face(fixed or FACE_SIZE_BUCKETS[1])
+        # torch's first calls of a small shape run at half speed (measured here); at 512 one
+        # warm-up call is enough and each costs seconds.
+        warm_ups = 1 if fixed else 4
         timings = {}
         for name, engine_class in (("torch", TorchEngine), ("onnxruntime", OnnxRuntimeEngine)):
-            engine = engine_class(model, torch.device("cpu"))
-            for _ in range(4):  # torch's first calls of a shape run at half speed (measured here)
+            try:
+                engine = engine_class(model, torch.device("cpu"))
+            except UserError:  # no ONNX form: torch it is
+                continue
+            for _ in range(warm_ups):
                 engine(sample)
             start = time.perf_counter()
             engine(sample)

@@ -14,6 +14,7 @@ from __future__ import annotations
 import builtins
 import dataclasses
 import hashlib
+import json
 import os
 import pickle
 import shutil
@@ -218,7 +219,7 @@ def test_imported_checkpoint_runs_through_the_pipeline(zoo, arch, astronaut):
         assert spec.contract == InputContract(crop_size=512, scale=1, value_range=(-1.0, 1.0))
     assert spec.default_fidelity == (0.5 if arch == "codeformer" else None)
 
-    with FaceEnhancer(EnhanceOptions(model=spec.name, device="cpu", scale=2)) as enhancer:
+    with FaceEnhancer(EnhanceOptions(model=spec.name, device="cpu", scale=2, backend="torch")) as enhancer:
         assert enhancer.superres.backend == "torch"
         result = enhancer.enhance(astronaut)
 
@@ -306,7 +307,7 @@ def test_strength_blends_a_restorer_with_the_crop(zoo):
     (GFPGAN: the fastest 512 x 512 restorer on a CPU, and already imported for the pipeline test.)"""
     name = zoo.spec("gfpgan").name
     crop = random_crop()
-    outputs = {s: SuperResolver(name, device="cpu", strength=s)([crop])[0] for s in (0.0, 0.5, 1.0)}
+    outputs = {s: SuperResolver(name, device="cpu", backend="torch", strength=s)([crop])[0] for s in (0.0, 0.5, 1.0)}
     assert outputs[0.0].shape == crop.shape
     assert torch.allclose(outputs[0.0], crop, atol=1e-6)
     assert (outputs[1.0] - crop).abs().mean() > 0.05  # the model does change it
@@ -318,7 +319,7 @@ def test_strength_zero_for_an_sr_model_is_the_bicubic_enlargement(zoo):
     name = zoo.spec("compact").name
     crop = random_crop(64)
     expected = F.interpolate(crop[None], scale_factor=4, mode="bicubic", align_corners=False).clamp(0, 1)[0]
-    outputs = {s: SuperResolver(name, device="cpu", strength=s)([crop])[0] for s in (0.0, 0.5, 1.0)}
+    outputs = {s: SuperResolver(name, device="cpu", backend="torch", strength=s)([crop])[0] for s in (0.0, 0.5, 1.0)}
     assert outputs[0.0].shape == (3, 256, 256)
     assert torch.allclose(outputs[0.0], expected, atol=1e-6)
     assert not torch.allclose(outputs[1.0], expected, atol=1e-2)
@@ -329,7 +330,7 @@ def test_strength_zero_for_an_sr_model_is_the_bicubic_enlargement(zoo):
 def test_strength_outside_zero_one_is_refused(zoo, strength):
     name = zoo.spec("compact").name
     with pytest.raises(UserError, match="strength"):
-        SuperResolver(name, device="cpu", strength=strength)
+        SuperResolver(name, device="cpu", backend="torch", strength=strength)
     with pytest.raises(ValueError, match="strength"):
         EnhanceOptions(model=name, strength=strength)
 
@@ -350,8 +351,8 @@ def test_codeformer_fidelity_reaches_the_network(zoo):
     """w = 0 and w = 1 give different faces, and the engines' cache keys tell them apart."""
     spec = zoo.spec("codeformer")
     crop = random_crop(seed=7)
-    low = SuperResolver(spec.name, device="cpu", fidelity=0.0)([crop])[0]
-    high = SuperResolver(spec.name, device="cpu", fidelity=1.0)([crop])[0]
+    low = SuperResolver(spec.name, device="cpu", backend="torch", fidelity=0.0)([crop])[0]
+    high = SuperResolver(spec.name, device="cpu", backend="torch", fidelity=1.0)([crop])[0]
     assert low.shape == high.shape == (3, 512, 512)
     assert (low - high).abs().mean() > 1e-3
 
@@ -750,5 +751,21 @@ def test_models_path_of_an_uncached_model_hints_at_fetch(own_cache, run_cli):
 def test_face_size_does_not_apply_to_a_restorer(zoo):
     name = zoo.spec("restoreformer++").name
     with pytest.raises(ValueError, match="512"):
-        FaceEnhancer(EnhanceOptions(model=name, device="cpu", face_size=256))
-    FaceEnhancer(EnhanceOptions(model=name, device="cpu", face_size=512)).close()  # its own size is fine
+        FaceEnhancer(EnhanceOptions(model=name, device="cpu", backend="torch", face_size=256))
+    FaceEnhancer(EnhanceOptions(model=name, device="cpu", backend="torch", face_size=512)).close()  # its own size is fine
+
+
+def test_auto_backend_times_a_zoo_model_once(own_cache, tmp_path, capfd):
+    """On the CPU, `auto` measures torch against ONNX Runtime for zoo models too (exporting the
+    model once) and remembers the winner."""
+    from rtfacesr import backends
+    from rtfacesr.models.zoo import ModelChoice
+
+    source = tmp_path / "timed.pth"
+    write_compact(source)
+    spec = import_checkpoint(source, "timed")
+    choice = backends.resolve_backend("auto", ModelChoice(spec), torch.device("cpu"))
+    assert choice in ("torch", "onnxruntime")
+    record = json.loads((own_cache / "cpu-backend-choice.json").read_text())
+    assert [value for key, value in record.items() if key.startswith("timed-")] == [choice]
+    assert list((own_cache / "onnx").glob("timed-*.onnx"))
