@@ -769,3 +769,38 @@ def test_auto_backend_times_a_zoo_model_once(own_cache, tmp_path, capfd):
     record = json.loads((own_cache / "cpu-backend-choice.json").read_text())
     assert [value for key, value in record.items() if key.startswith("timed-")] == [choice]
     assert list((own_cache / "onnx").glob("timed-*.onnx"))
+
+
+def test_without_spandrel_zoo_models_say_what_to_install(monkeypatch):
+    """`pip install rtfacesr` without the zoo extra: one line naming the extra, not an ImportError."""
+    import sys
+
+    monkeypatch.setitem(sys.modules, "spandrel", None)  # makes `import spandrel` fail
+    monkeypatch.delitem(sys.modules, "rtfacesr.models.restoreformer_pp", raising=False)
+    with pytest.raises(UserError, match=r"rtfacesr\[zoo\]"):
+        identify({"conv_first.weight": torch.zeros(64, 3, 3, 3)})
+    assert identify(bisenet_state())[0] == "parser"  # parsers are the project's own: no spandrel needed
+
+
+def test_a_parser_runs_on_onnxruntime_like_on_torch(own_cache, tmp_path, astronaut):
+    """Face parsers go through the engines too: BiSeNet exported to ONNX labels a face exactly
+    as torch does."""
+    from rtfacesr.backends import create_engine
+    from rtfacesr.models.parsers import ParserSegmenter
+    from rtfacesr.models.zoo import ModelChoice
+
+    source = tmp_path / "parser.pth"
+    torch.save(bisenet_state(), source)
+    spec = import_checkpoint(source, "my-parser")
+    face = np.ascontiguousarray(astronaut[0:256, 120:376])
+    batch = torch.rand(1, 3, 512, 512, generator=torch.Generator().manual_seed(2)) * 4 - 2  # normalised input
+    labels, logits = {}, {}
+    for backend in ("torch", "onnxruntime"):
+        engine = create_engine(ModelChoice(spec), backend, torch.device("cpu"))
+        assert engine.name == backend
+        logits[backend] = engine(batch)
+        labels[backend] = ParserSegmenter("bisenet", engine, torch.device("cpu")).segment(face, None).labels
+    assert logits["torch"].shape == (1, 19, 512, 512)
+    assert float((logits["torch"] - logits["onnxruntime"]).abs().max()) < 1e-4
+    assert labels["torch"].shape == (256, 256)
+    assert np.mean(labels["torch"] != labels["onnxruntime"]) < 0.001

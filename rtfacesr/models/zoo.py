@@ -31,7 +31,7 @@ from rtfacesr.models.registry import (
     save_imported,
 )
 
-CHECKPOINT_SUFFIXES = (".pth", ".pt", ".ckpt", ".bin", ".safetensors")
+PARSER_NAMES = {"bisenet": "BiSeNet", "parsenet": "ParseNet"}  # parsers.py's kinds -> architectures
 
 
 def weights_path(spec: ModelSpec) -> Path:
@@ -139,13 +139,25 @@ class ScaledModel(nn.Module):
         return (y.clamp(-1, 1) + 1) / 2 if self.symmetric else y
 
 
+_NEEDS_SPANDREL = "the model zoo needs spandrel: pip install 'rtfacesr[zoo]' (CodeFormer: 'rtfacesr[extra-arches]')"
+
+
+def _restoreformer_pp():
+    """The RestoreFormer++ module, which builds on spandrel's RestoreFormer."""
+    try:
+        from rtfacesr.models import restoreformer_pp
+    except ImportError:
+        raise UserError(_NEEDS_SPANDREL) from None
+    return restoreformer_pp
+
+
 def _spandrel_network(state_dict: dict[str, torch.Tensor]):
     """spandrel's module for a state dict (its extra architectures, CodeFormer among them,
     registered too where installed); None when no architecture recognises the keys."""
     try:
         import spandrel
     except ImportError:
-        raise UserError("the model zoo needs spandrel: pip install 'rtfacesr[zoo]' (CodeFormer: 'rtfacesr[extra-arches]')") from None
+        raise UserError(_NEEDS_SPANDREL) from None
     try:
         import spandrel_extra_arches
     except ImportError:
@@ -160,16 +172,17 @@ def _spandrel_network(state_dict: dict[str, torch.Tensor]):
 
 def identify(state_dict: dict[str, torch.Tensor]) -> tuple[str, str, InputContract]:
     """(kind, architecture, contract) of an unknown checkpoint, from its keys."""
-    from rtfacesr.models import parsers, restoreformer_pp
+    from rtfacesr.models import parsers
 
-    if restoreformer_pp.is_restoreformer_pp(restoreformer_pp.unwrap_restoreformer_pp(state_dict)):
-        return "restore", "RestoreFormer++", FACE_512
     for kind in parsers.PARSER_ARCHITECTURES:
         try:
             parsers.load_parser(kind, state_dict)
         except ValueError:
             continue
-        return "parser", {"bisenet": "BiSeNet", "parsenet": "ParseNet"}[kind], InputContract(512, 1, (0.0, 1.0) if kind == "bisenet" else (-1.0, 1.0))
+        return "parser", PARSER_NAMES[kind], get_spec(kind).contract
+    restoreformer_pp = _restoreformer_pp()
+    if restoreformer_pp.is_restoreformer_pp(restoreformer_pp.unwrap_restoreformer_pp(state_dict)):
+        return "restore", "RestoreFormer++", FACE_512
     descriptor = _spandrel_network(state_dict)
     if descriptor is None:
         raise UserError("not a checkpoint of any architecture rtfacesr knows (SR, GFPGAN, CodeFormer, RestoreFormer(++), BiSeNet, ParseNet)")
@@ -198,9 +211,8 @@ def build_network(spec: ModelSpec, fidelity: float | None = None) -> nn.Module:
 
         return load_parser(spec.architecture.lower(), state_dict).requires_grad_(False)
     if spec.architecture == "RestoreFormer++":
-        from rtfacesr.models.restoreformer_pp import build_restoreformer_pp, unwrap_restoreformer_pp
-
-        network = build_restoreformer_pp(unwrap_restoreformer_pp(state_dict))
+        restoreformer_pp = _restoreformer_pp()
+        network = restoreformer_pp.build_restoreformer_pp(restoreformer_pp.unwrap_restoreformer_pp(state_dict))
         return ScaledModel(network, symmetric=True).eval().requires_grad_(False)
     descriptor = _spandrel_network(state_dict)
     if descriptor is None and spec.architecture == "CodeFormer" and importlib.util.find_spec("spandrel_extra_arches") is None:
