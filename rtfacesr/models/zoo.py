@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import importlib.util
 import pickle
+import warnings
 import shutil
 from pathlib import Path
 
@@ -142,28 +143,35 @@ class ScaledModel(nn.Module):
 _NEEDS_SPANDREL = "the model zoo needs spandrel: pip install 'rtfacesr[zoo]' (CodeFormer: 'rtfacesr[extra-arches]')"
 
 
+def _import_spandrel():
+    """spandrel, with its extra architectures registered where installed. Some of its modules
+    use torch.jit.script at import, whose deprecation notice would reach the user's terminal."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", FutureWarning)
+        try:
+            import spandrel
+        except ImportError:
+            raise UserError(_NEEDS_SPANDREL) from None
+        try:
+            import spandrel_extra_arches
+        except ImportError:
+            return spandrel
+    spandrel_extra_arches.install(ignore_duplicates=True)
+    return spandrel
+
+
 def _restoreformer_pp():
     """The RestoreFormer++ module, which builds on spandrel's RestoreFormer."""
-    try:
-        from rtfacesr.models import restoreformer_pp
-    except ImportError:
-        raise UserError(_NEEDS_SPANDREL) from None
+    _import_spandrel()
+    from rtfacesr.models import restoreformer_pp
+
     return restoreformer_pp
 
 
 def _spandrel_network(state_dict: dict[str, torch.Tensor]):
     """spandrel's module for a state dict (its extra architectures, CodeFormer among them,
     registered too where installed); None when no architecture recognises the keys."""
-    try:
-        import spandrel
-    except ImportError:
-        raise UserError(_NEEDS_SPANDREL) from None
-    try:
-        import spandrel_extra_arches
-    except ImportError:
-        pass
-    else:
-        spandrel_extra_arches.install(ignore_duplicates=True)
+    spandrel = _import_spandrel()
     try:
         return spandrel.ModelLoader().load_from_state_dict(state_dict)
     except spandrel.UnsupportedModelError:
