@@ -178,16 +178,11 @@ class BiSeNetHead(nn.Module):
 class BiSeNet(nn.Module):
     """BiSeNet face parser (ResNet-18 context path, the ResNet's stride-8 map as spatial path).
 
-    Input contract: `x` is N x 3 x H x W float RGB, `(rgb / 255 - MEAN) / STD` with ImageNet's
-    mean and std, H and W multiples of 32 (trained at INPUT_SIZE = 512). `forward` returns the
-    main head's N x 19 x H x W logits over `CLASSES`; the two auxiliary (training) heads
+    Input contract (`PARSER_ARCHITECTURES["bisenet"]`): `x` is N x 3 x H x W float RGB,
+    `(rgb / 255 - mean) / std` with ImageNet's mean and std, H and W multiples of 32 (trained at
+    512). `forward` returns the main head's N x 19 x H x W logits over CELEBAMASK_CLASSES; the two auxiliary (training) heads
     `conv_out16` and `conv_out32` only exist so the checkpoint loads strictly.
     """
-
-    INPUT_SIZE = INPUT_SIZE
-    MEAN = IMAGENET_MEAN
-    STD = IMAGENET_STD
-    CLASSES = CELEBAMASK_CLASSES
 
     def __init__(self, num_classes: int = NUM_CLASSES):
         super().__init__()
@@ -268,14 +263,10 @@ class ParseNet(nn.Module):
     an RGB image (`out_img_conv`, only in `forward_with_image`).
 
     Input contract: `x` is N x 3 x H x W float RGB scaled to [-1, 1] (`(rgb / 255 - 0.5) / 0.5`),
-    H and W multiples of 16 (trained at INPUT_SIZE = 512). `forward` returns N x 19 x H x W
-    logits over `CLASSES` (CelebAMask-HQ's own label order).
+    H and W multiples of 16 (trained at 512). `forward` returns N x 19 x H x W logits over
+    PARSENET_CLASSES (CelebAMask-HQ's own label order). The original's image head
+    (`out_img_conv`) is kept so its checkpoint loads strictly; parsing does not use it.
     """
-
-    INPUT_SIZE = INPUT_SIZE
-    MEAN = SYMMETRIC_MEAN
-    STD = SYMMETRIC_STD
-    CLASSES = PARSENET_CLASSES
 
     def __init__(
         self,
@@ -313,11 +304,6 @@ class ParseNet(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.out_mask_conv(self._features(x))
-
-    def forward_with_image(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """What the original returns: (parse logits, restored image in [-1, 1])."""
-        feat = self._features(x)
-        return self.out_mask_conv(feat), self.out_img_conv(feat)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -9,7 +9,7 @@ imported models are local checkpoints registered by content hash (`rtfacesr mode
 from __future__ import annotations
 
 import json
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -21,7 +21,6 @@ from rtfacesr.errors import UserError
 from rtfacesr.models.arch import RRDBNet, SRVGGNetCompact
 from rtfacesr.models.ncnn import NcnnFormatError, load_ncnn
 
-KINDS = ("sr", "restore", "parser")
 # Architectures whose activations overflow in fp16 (spandrel marks them so): they run in fp32
 # whatever precision is asked for, and say so in the engine's `precision`.
 FP32_ONLY_ARCHITECTURES = frozenset({"GFPGAN", "CodeFormer", "RestoreFormer", "RestoreFormer++"})
@@ -167,10 +166,6 @@ def get_spec(name: str, kind: str | None = None) -> ModelSpec:
     if kind and spec.kind != kind and not (kind == "enhance" and spec.kind in ("sr", "restore")):
         raise UserError(f"model '{name}' is a {spec.kind} model, not {'an sr or restore' if kind == 'enhance' else f'a {kind}'} model")
     return spec
-
-
-def with_contract(spec: ModelSpec, **changes) -> ModelSpec:
-    return replace(spec, contract=replace(spec.contract, **changes))
 
 
 def convert_ncnn(spec: ModelSpec, param_path: Path, bin_path: Path) -> dict[str, torch.Tensor]:

@@ -221,24 +221,21 @@ def build_network(spec: ModelSpec, fidelity: float | None = None) -> nn.Module:
     if spec.architecture == "RestoreFormer++":
         restoreformer_pp = _restoreformer_pp()
         network = restoreformer_pp.build_restoreformer_pp(restoreformer_pp.unwrap_restoreformer_pp(state_dict))
-        return ScaledModel(network, symmetric=True).eval().requires_grad_(False)
+        return ScaledModel(network, symmetric=spec.contract.value_range[0] < 0).eval().requires_grad_(False)
     descriptor = _spandrel_network(state_dict)
     if descriptor is None and spec.architecture == "CodeFormer" and importlib.util.find_spec("spandrel_extra_arches") is None:
         raise UserError("CodeFormer's architecture comes with spandrel's extras: pip install 'rtfacesr[extra-arches]'")
     if descriptor is None or descriptor.architecture.id != spec.architecture:
         found = "no known architecture" if descriptor is None else descriptor.architecture.id
         raise UserError(f"model '{spec.name}': {weights_path(spec).name} holds {found}, not {spec.architecture}")
-    network = descriptor.model
-    if spec.architecture == "GFPGAN":  # fixed noise: the same face gives the same output
-        module = ScaledModel(network, True, lambda net, x: net(x, return_rgb=False, randomize_noise=False)[0])
-    elif spec.architecture == "CodeFormer":
-        weight = spec.default_fidelity if fidelity is None else fidelity
-        module = ScaledModel(network, True, lambda net, x: net(x, weight=weight)[0])
-    elif spec.architecture == "RestoreFormer":
-        module = ScaledModel(network, True, lambda net, x: net(x)[0])
-    else:
-        module = ScaledModel(network, False)
-    return module.eval().requires_grad_(False)
+    symmetric = spec.contract.value_range[0] < 0  # trained on [-1, 1]
+    weight = spec.default_fidelity if fidelity is None else fidelity
+    calls = {  # each restorer's forward returns a tuple; GFPGAN's noise is fixed for repeatability
+        "GFPGAN": lambda net, x: net(x, return_rgb=False, randomize_noise=False)[0],
+        "CodeFormer": lambda net, x: net(x, weight=weight)[0],
+        "RestoreFormer": lambda net, x: net(x)[0],
+    }
+    return ScaledModel(descriptor.model, symmetric, calls.get(spec.architecture)).eval().requires_grad_(False)
 
 
 def import_checkpoint(file: Path, name: str | None = None) -> ModelSpec:
