@@ -420,3 +420,19 @@ def test_device_frame_path_matches_the_host_path(make_enhancer, astronaut, scale
 def test_frame_path_is_checked():
     with pytest.raises(ValueError, match="frame path"):
         EnhanceOptions(frame_path="gpu")
+
+
+@pytest.mark.skipif(not __import__("torch").cuda.is_available(), reason="needs a CUDA GPU (none here)")
+def test_cuda_frame_path_matches_the_cpu_host_path(fast_enhancer, astronaut):
+    """On a GPU, auto puts the whole frame on the device; the result matches the CPU's."""
+    from rtfacesr.pipeline import FaceEnhancer
+
+    faces = fast_enhancer.detector.detect(astronaut)
+    expected = fast_enhancer.enhance(astronaut, faces)
+    # The detector is shared and stays open; only the enhancer's own segmenter is closed.
+    gpu = FaceEnhancer(EnhanceOptions(scale=2, model=FAST_MODEL, device="cuda", backend="torch"), detector=fast_enhancer.detector)
+    assert type(gpu.frame_path).__name__ == "DeviceFramePath"
+    got = gpu.enhance(astronaut, faces)
+    gpu.segmenter.close()
+    difference = np.abs(got.image.astype(np.int16) - expected.image.astype(np.int16))
+    assert got.faces[0].enhanced and difference.mean() < 0.3 and np.mean(difference > 2) < 0.01
