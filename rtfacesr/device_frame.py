@@ -13,6 +13,7 @@ import torch
 from torch.nn import functional as F
 
 from rtfacesr.fuse import COLOR_MATCH_SIGMA, face_footprint, paste_size
+from rtfacesr.segment import FEATHER_FRACTION
 from rtfacesr.types import Alignment
 
 
@@ -47,15 +48,16 @@ def _resize(image: torch.Tensor, side: int) -> torch.Tensor:
     return F.interpolate(image, size=(side, side), mode="bilinear", align_corners=False)
 
 
-def _gaussian_blur(image: torch.Tensor, sigma: float) -> torch.Tensor:
-    """Separable Gaussian with OpenCV's kernel size for float images, reflected borders."""
+def _gaussian_blur(image: torch.Tensor, sigma: float, border: str = "reflect") -> torch.Tensor:
+    """Separable Gaussian with OpenCV's kernel size for float images; `border` reflect (OpenCV's
+    default, BORDER_REFLECT_101) or constant (zeros)."""
     radius = max(1, int(round(sigma * 4 * 2 + 1)) // 2)
     radius = min(radius, image.shape[-1] - 1, image.shape[-2] - 1)
     offsets = torch.arange(-radius, radius + 1, device=image.device, dtype=image.dtype)
     kernel = torch.exp(-0.5 * (offsets / sigma) ** 2)
     kernel = kernel / kernel.sum()
     channels = image.shape[1]
-    padded = F.pad(image, (radius, radius, radius, radius), mode="reflect")
+    padded = F.pad(image, (radius, radius, radius, radius), mode=border)
     horizontal = F.conv2d(padded, kernel.view(1, 1, 1, -1).expand(channels, 1, 1, -1), groups=channels)
     return F.conv2d(horizontal, kernel.view(1, 1, -1, 1).expand(channels, 1, -1, 1), groups=channels)
 
@@ -132,3 +134,20 @@ def fuse_faces_torch(base: torch.Tensor, faces: list[torch.Tensor], masks: list[
     for face, mask, alignment in zip(faces, masks, alignments):
         paste_face_torch(canvas, base, face.permute(1, 2, 0), mask, alignment, color_match, max_value)
     return canvas
+
+
+def fusion_mask_torch(labels: torch.Tensor) -> torch.Tensor:
+    """`segment.fusion_mask` for an H x W label tensor, on its device: the face region eroded by
+    2 sigma (a disc: what OpenCV's distance transform thresholds to) and blurred by sigma, with
+    zero borders as OpenCV's BORDER_CONSTANT has."""
+    region = (labels != 0).float()[None, None]
+    area = float(region.sum())
+    if area == 0:
+        return region[0, 0]
+    sigma = max(1.0, FEATHER_FRACTION * area**0.5)
+    reach = int(2 * sigma)
+    offsets = torch.arange(-reach, reach + 1, device=labels.device, dtype=torch.float32)
+    disc = ((offsets[:, None] ** 2 + offsets[None, :] ** 2) <= (2 * sigma) ** 2).float()[None, None]
+    near_background = F.conv2d(1 - region, disc, padding=reach) > 0.5
+    core = (~near_background).float()
+    return (_gaussian_blur(core, sigma, border="constant").clamp(0, 1) * region)[0, 0]

@@ -14,8 +14,9 @@ import numpy as np
 import torch
 
 from rtfacesr.align import enlarge, warp_face
-from rtfacesr.device_frame import enlarge_torch, fuse_faces_torch, resize_face_torch, warp_faces_torch
+from rtfacesr.device_frame import enlarge_torch, fuse_faces_torch, fusion_mask_torch, resize_face_torch, warp_faces_torch
 from rtfacesr.fuse import paste_face, resize_square
+from rtfacesr.segment import fusion_mask
 from rtfacesr.types import Alignment
 
 FRAME_PATHS = ("auto", "host", "device")
@@ -26,7 +27,8 @@ class FramePath(Protocol):
     def crops(self, frame, alignments: list[Alignment]) -> list[torch.Tensor]: ...
     def resize(self, face: torch.Tensor, side: int): ...
     def to_uint8(self, face) -> np.ndarray: ...
-    def fuse(self, frame, faces: list, masks: list[np.ndarray], alignments: list[Alignment], color_match: bool) -> np.ndarray: ...
+    def mask(self, labels: np.ndarray, side: int): ...
+    def fuse(self, frame, faces: list, masks: list, alignments: list[Alignment], color_match: bool) -> np.ndarray: ...
 
 
 def _max_value(dtype) -> float:
@@ -52,6 +54,9 @@ class HostFramePath:
 
     def to_uint8(self, face: np.ndarray) -> np.ndarray:
         return np.round(face * 255).astype(np.uint8)
+
+    def mask(self, labels: np.ndarray, side: int) -> np.ndarray:
+        return resize_square(fusion_mask(labels), side)
 
     def fuse(self, frame: np.ndarray, faces: list[np.ndarray], masks: list[np.ndarray], alignments: list[Alignment], color_match: bool) -> np.ndarray:
         output = frame.copy()
@@ -87,9 +92,13 @@ class DeviceFramePath:
     def to_uint8(self, face: torch.Tensor) -> np.ndarray:
         return (face * 255).round().to(torch.uint8).permute(1, 2, 0).cpu().numpy()
 
-    def fuse(self, frame: DeviceFrame, faces: list[torch.Tensor], masks: list[np.ndarray], alignments: list[Alignment], color_match: bool) -> np.ndarray:
-        device_masks = [torch.from_numpy(mask).to(self.device) for mask in masks]
-        canvas = fuse_faces_torch(frame.pixels, faces, device_masks, alignments, color_match, frame.max_value)
+    def mask(self, labels: np.ndarray, side: int) -> torch.Tensor:
+        """The label map goes up (uint8, small); the mask is made and resized on the device."""
+        mask = fusion_mask_torch(torch.from_numpy(labels).to(self.device))
+        return resize_face_torch(mask[None], side)[0]
+
+    def fuse(self, frame: DeviceFrame, faces: list[torch.Tensor], masks: list[torch.Tensor], alignments: list[Alignment], color_match: bool) -> np.ndarray:
+        canvas = fuse_faces_torch(frame.pixels, faces, masks, alignments, color_match, frame.max_value)
         integer = torch.int32 if frame.dtype == np.uint16 else torch.uint8
         return canvas.to(integer).cpu().numpy().astype(frame.dtype)
 

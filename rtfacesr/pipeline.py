@@ -14,9 +14,9 @@ import torch
 from rtfacesr.align import align_face, check_scale, choose_face_size
 from rtfacesr.detect import FaceMeshDetector
 from rtfacesr.frame_path import FRAME_PATHS, frame_path_for
-from rtfacesr.fuse import paste_size, resize_square
+from rtfacesr.fuse import paste_size
 from rtfacesr.models.registry import DEFAULT_MODEL
-from rtfacesr.segment import SEGMENTERS, Segmenter, create_segmenter, fusion_mask
+from rtfacesr.segment import SEGMENTERS, Segmenter, create_segmenter
 from rtfacesr.superres import SuperResolver
 from rtfacesr.timing import StageTimer
 from rtfacesr.types import Alignment, EnhanceResult, Face, FaceReport, scale_points
@@ -155,7 +155,7 @@ class FaceEnhancer:
                     fallback = scale_points(in_crop, segment_side / alignment.size)
                 segmentation = self.segmenter.segment(path.to_uint8(path.resize(sr_face, segment_side)), fallback)
                 report.segmenter_source = segmentation.source
-                masks.append(resize_square(fusion_mask(segmentation.labels), side))
+                masks.append(path.mask(segmentation.labels, side))
                 faces_at_paste_size.append(path.resize(sr_face, side))
 
         with timer("fuse"):

@@ -507,8 +507,29 @@ def test_torch_fuse_matches_the_opencv_fuse(dtype, device):
             paste_face(expected, frame, face, mask, alignment, color_match)
         path = DeviceFramePath(torch.device(device))
         device_faces = [torch.from_numpy(face).permute(2, 0, 1).to(device) for face in faces]
-        got = path.fuse(path.enlarge(frame, 1), device_faces, masks, alignments, color_match)
+        device_masks = [torch.from_numpy(mask).to(device) for mask in masks]
+        got = path.fuse(path.enlarge(frame, 1), device_faces, device_masks, alignments, color_match)
         assert got.dtype == frame.dtype and got.shape == frame.shape
         difference = np.abs(got.astype(np.int64) - expected.astype(np.int64)) / scale  # in 0..255 levels
         assert (expected != frame).sum() > 1000  # the faces really were pasted
         assert difference.mean() < 0.02 and np.mean(difference > 1) < 1e-4 and difference.max() <= 2
+
+
+@pytest.mark.parametrize(
+    "device",
+    ["cpu", pytest.param("cuda", marks=pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU (none here)"))],
+)
+def test_torch_fusion_mask_matches_opencv(device):
+    """The device path makes the mask from the label map on the device: a disc erosion and a
+    zero-bordered blur, against OpenCV's distance transform and blur."""
+    from rtfacesr.device_frame import fusion_mask_torch
+
+    ellipse = np.zeros((200, 160), np.uint8)
+    cv2.ellipse(ellipse, (80, 100), (60, 80), 0, 0, 360, int(FaceLabel.SKIN), -1)
+    cv2.circle(ellipse, (60, 80), 10, int(FaceLabel.EYES), -1)
+    edge = np.pad(np.ones((60, 80), np.uint8), ((0, 20), (20, 20)))  # touches the top border
+    for labels in (ellipse, edge, disc(40, side=128), np.zeros((32, 32), np.uint8)):
+        expected = fusion_mask(labels)
+        got = fusion_mask_torch(torch.from_numpy(labels).to(device)).cpu().numpy()
+        assert got.shape == expected.shape
+        assert np.abs(got - expected).max() < 1e-3
