@@ -3,8 +3,8 @@
 An engine is called with a float32 NCHW batch (RGB in [0, 1]; face parsers: their normalised
 input) and returns the float32 NCHW result on the same device. Backends:
 
-- torch: CPU or CUDA; on CUDA fp16, channels_last, and one CUDA graph per input shape (the crop
-  buckets keep the shapes few).
+- torch: CPU or CUDA; on CUDA fp16, channels_last, and (built-in models) one CUDA graph per
+  input shape (the crop buckets keep the shapes few).
 - onnxruntime: an ONNX file exported from the project's own module (cached), on the CPU or the
   CUDA execution provider; on CUDA, inputs and outputs stay torch CUDA tensors (I/O binding).
 - tensorrt: an engine built from that ONNX file with the TensorRT Python API, one optimisation
@@ -49,7 +49,9 @@ class TorchEngine:
         if device.type == "cuda":
             module = module.to(memory_format=torch.channels_last)
         self.module = module
-        self.cuda_graphs = cuda_graphs and device.type == "cuda"
+        # CUDA graphs only for the built-in architectures, whose forward is known to be capturable
+        # (no host syncs or data-dependent shapes); zoo models run eagerly.
+        self.cuda_graphs = cuda_graphs and device.type == "cuda" and model.spec.source == "built-in"
         self._graphs: dict[tuple, tuple] = {}
 
     @torch.inference_mode()
