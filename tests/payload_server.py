@@ -42,6 +42,12 @@ class PayloadHandler(BaseHTTPRequestHandler):
         if behaviour.status is not None:
             self.send_error(behaviour.status)
             return
+        if self.path.startswith("/redirect/"):  # as GitHub release links do, to their storage host
+            self.send_response(302)
+            self.send_header("Location", self.path.removeprefix("/redirect"))
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+            return
         start = 0
         if range_header and not behaviour.ignore_range:
             start = int(range_header.removeprefix("bytes=").rstrip("-"))

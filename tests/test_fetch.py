@@ -202,3 +202,12 @@ def test_verify_file(tmp_path):
     assert verify_file(path, PAYLOAD_SHA)
     assert verify_file(path, PAYLOAD_SHA.upper())
     assert not verify_file(path, hashlib.sha256(b"x").hexdigest())
+
+
+def test_redirects_are_followed_and_a_resume_keeps_its_range(server, target):
+    """Release links redirect to a storage host: the Range header must survive the redirect."""
+    server.behaviour.cuts_left = 1
+    url = server.url().replace("/releases/", "/redirect/releases/")
+    assert fetch(url, target) == target
+    assert target.read_bytes() == PAYLOAD
+    assert server.behaviour.ranges == [None, None, f"bytes={CUT}-", f"bytes={CUT}-"]
