@@ -13,7 +13,7 @@ import torch
 from torch.nn import functional as F
 
 from rtfacesr.fuse import COLOR_MATCH_SIGMA, face_footprint, paste_size
-from rtfacesr.segment import FEATHER_FRACTION
+from rtfacesr.segment import feather_sigma
 from rtfacesr.types import Alignment
 
 
@@ -136,17 +136,18 @@ def fuse_faces_torch(base: torch.Tensor, faces: list[torch.Tensor], masks: list[
     return canvas
 
 
-def fusion_mask_torch(labels: torch.Tensor) -> torch.Tensor:
-    """`segment.fusion_mask` for an H x W label tensor, on its device: the face region eroded by
+def fusion_mask_torch(labels: np.ndarray, device: torch.device) -> torch.Tensor:
+    """`segment.fusion_mask` made on `device` from an H x W label map: the face region eroded by
     2 sigma (a disc: what OpenCV's distance transform thresholds to) and blurred by sigma, with
-    zero borders as OpenCV's BORDER_CONSTANT has."""
-    region = (labels != 0).float()[None, None]
-    area = float(region.sum())
+    zero borders as OpenCV's BORDER_CONSTANT has. The face's area is counted on the host, so the
+    kernel size needs no wait for the GPU."""
+    area = int(np.count_nonzero(labels))
+    region = (torch.from_numpy(labels).to(device) != 0).float()[None, None]
     if area == 0:
         return region[0, 0]
-    sigma = max(1.0, FEATHER_FRACTION * area**0.5)
+    sigma = feather_sigma(area)
     reach = int(2 * sigma)
-    offsets = torch.arange(-reach, reach + 1, device=labels.device, dtype=torch.float32)
+    offsets = torch.arange(-reach, reach + 1, device=device, dtype=torch.float32)
     disc = ((offsets[:, None] ** 2 + offsets[None, :] ** 2) <= (2 * sigma) ** 2).float()[None, None]
     near_background = F.conv2d(1 - region, disc, padding=reach) > 0.5
     core = (~near_background).float()

@@ -84,7 +84,7 @@ class DeviceFramePath:
         return DeviceFrame(enlarge_torch(pixels.float(), scale), image.dtype)
 
     def crops(self, frame: DeviceFrame, alignments: list[Alignment]) -> list[torch.Tensor]:
-        return [crop / frame.max_value for crop in warp_faces_torch(frame.pixels, alignments)] if alignments else []
+        return [crop / frame.max_value for crop in warp_faces_torch(frame.pixels, alignments)]
 
     def resize(self, face: torch.Tensor, side: int) -> torch.Tensor:
         return resize_face_torch(face.to(self.device, torch.float32), side)
@@ -94,8 +94,7 @@ class DeviceFramePath:
 
     def mask(self, labels: np.ndarray, side: int) -> torch.Tensor:
         """The label map goes up (uint8, small); the mask is made and resized on the device."""
-        mask = fusion_mask_torch(torch.from_numpy(labels).to(self.device))
-        return resize_face_torch(mask[None], side)[0]
+        return resize_face_torch(fusion_mask_torch(labels, self.device)[None], side)[0]
 
     def fuse(self, frame: DeviceFrame, faces: list[torch.Tensor], masks: list[torch.Tensor], alignments: list[Alignment], color_match: bool) -> np.ndarray:
         canvas = fuse_faces_torch(frame.pixels, faces, masks, alignments, color_match, frame.max_value)
@@ -104,9 +103,8 @@ class DeviceFramePath:
 
 
 def frame_path_for(choice: str, device: torch.device) -> FramePath:
-    """auto: the device path where the models run on a GPU, OpenCV on the host otherwise."""
-    if choice not in FRAME_PATHS:
-        raise ValueError(f"frame path must be one of {', '.join(FRAME_PATHS)}, not '{choice}'")
+    """auto: the device path where the models run on a GPU, OpenCV on the host otherwise
+    (`choice` is one of FRAME_PATHS, as EnhanceOptions checks)."""
     if choice == "device" or (choice == "auto" and device.type == "cuda"):
         return DeviceFramePath(device)
     return HostFramePath()

@@ -148,7 +148,7 @@ class FaceEnhancer:
                 # learned parser its own input size.
                 sr_side = sr_face.shape[-1]
                 side = paste_size(alignment, sr_side)
-                segment_side = min(sr_side, getattr(self.segmenter, "input_side", None) or max(side, SEGMENT_MIN_SIDE))
+                segment_side = min(sr_side, self.segmenter.input_side or max(side, SEGMENT_MIN_SIDE))
                 fallback = None
                 if big.mesh is not None:
                     in_crop = big.mesh @ alignment.matrix[:, :2].T + alignment.matrix[:, 2]

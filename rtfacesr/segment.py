@@ -34,6 +34,8 @@ class Segmentation:
 
 
 class Segmenter(Protocol):
+    input_side: int | None  # the face size it works at best (a parser's input), None: any
+
     def segment(self, face: np.ndarray, fallback_mesh: np.ndarray | None) -> Segmentation:
         """Label an RGB uint8 face image; `fallback_mesh` are landmarks already known in its frame."""
 
@@ -102,6 +104,8 @@ def labels_from_mesh(mesh: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
 class FaceMeshSegmenter:
     """FaceMesh on the SR face, region contours filled; the detection mesh where FaceMesh misses."""
 
+    input_side = None  # any: the pipeline gives it at least SEGMENT_MIN_SIDE pixels
+
     def __init__(self):
         self._mesh = new_face_mesh()
 
@@ -137,6 +141,11 @@ def create_segmenter(name: str, device, backend: str = "auto", precision: str = 
 FEATHER_FRACTION = 0.03  # feather width as a share of the face region's size
 
 
+def feather_sigma(face_area: float) -> float:
+    """The mask's blur radius (its erosion is twice this), in proportion to the face's size."""
+    return max(1.0, FEATHER_FRACTION * float(np.sqrt(face_area)))
+
+
 def fusion_mask(labels: np.ndarray) -> np.ndarray:
     """Float mask in [0, 1]: the face region, shrunk and feathered in proportion to its size.
 
@@ -147,7 +156,7 @@ def fusion_mask(labels: np.ndarray) -> np.ndarray:
     area = float(region.sum())
     if area == 0:
         return region
-    sigma = max(1.0, FEATHER_FRACTION * np.sqrt(area))
+    sigma = feather_sigma(area)
     # Erode by 2 sigma (a distance transform: fast at any radius), then blur by sigma.
     inside = cv2.distanceTransform(region.astype(np.uint8), cv2.DIST_L2, 5)
     core = (inside > 2 * sigma).astype(np.float32)

@@ -81,7 +81,8 @@ def test_tensorrt_backend_needs_a_gpu_here():
         backends.TensorRTEngine("realesr-animevideov3", CPU)
 
 
-def test_auto_on_cpu_measures_once_and_remembers(monkeypatch):
+def test_auto_on_cpu_measures_once_and_remembers(monkeypatch, tmp_path):
+    monkeypatch.setenv("RTFACESR_CACHE", str(tmp_path))  # no choice remembered by earlier tests
     calls = []
     real = backends.TorchEngine.__call__
 

@@ -530,6 +530,6 @@ def test_torch_fusion_mask_matches_opencv(device):
     edge = np.pad(np.ones((60, 80), np.uint8), ((0, 20), (20, 20)))  # touches the top border
     for labels in (ellipse, edge, disc(40, side=128), np.zeros((32, 32), np.uint8)):
         expected = fusion_mask(labels)
-        got = fusion_mask_torch(torch.from_numpy(labels).to(device)).cpu().numpy()
+        got = fusion_mask_torch(labels, torch.device(device)).cpu().numpy()
         assert got.shape == expected.shape
         assert np.abs(got - expected).max() < 1e-3

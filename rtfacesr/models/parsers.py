@@ -27,6 +27,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from rtfacesr.models.state_dicts import mismatch
 from rtfacesr.segment import FaceLabel, Segmentation
 
 NUM_CLASSES = 19
@@ -360,19 +361,12 @@ def load_parser(kind: str, state_dict: Mapping[str, torch.Tensor]) -> nn.Module:
     # A plain dict: no `_metadata`, so batch norm fills in a missing `num_batches_tracked`.
     state_dict = dict(state_dict)
 
-    expected = module.state_dict()
-    missing = [k for k in expected if k not in state_dict and not k.endswith(".num_batches_tracked")]
-    unexpected = [k for k in state_dict if k not in expected]
-    wrong = []
-    for key, value in state_dict.items():
-        if key in expected:
-            shape = tuple(value.shape) if isinstance(value, torch.Tensor) else type(value).__name__
-            if shape != tuple(expected[key].shape):
-                wrong.append(f"{key} {shape} != {tuple(expected[key].shape)}")
-    if missing or unexpected or wrong:
+    found = mismatch(module.state_dict(), state_dict, optional_suffix=".num_batches_tracked")
+    if found:
+        wrong = [f"{key} {shape} != {wanted}" for key, shape, wanted in found.wrong_shape]
         parts = [
-            f"{len(found)} {what}" + (f" ({_names(found)})" if found else "")
-            for what, found in (("missing", missing), ("unexpected", unexpected), ("wrong-shaped", wrong))
+            f"{len(keys)} {what}" + (f" ({_names(keys)})" if keys else "")
+            for what, keys in (("missing", found.missing), ("unexpected", found.unexpected), ("wrong-shaped", wrong))
         ]
         raise ValueError(f"state dict does not fit the {kind} face parser: {'; '.join(parts)}")
     try:

@@ -27,6 +27,8 @@ from spandrel.architectures.RestoreFormer import RestoreFormer
 from spandrel.architectures.RestoreFormer.__arch.restoreformer_arch import MultiHeadDecoderTransformer
 from spandrel.util import get_seq_len
 
+from rtfacesr.models.state_dicts import mismatch
+
 # What spandrel's RestoreFormer detection requires, plus the decoder attention RF++ adds at 32x32.
 _BASE_KEYS = (
     "quantize.embedding.weight",
@@ -175,20 +177,16 @@ def build_restoreformer_pp(state_dict: Mapping) -> RestoreFormerPP:
     except (KeyError, IndexError, AssertionError, ZeroDivisionError) as e:
         raise ValueError(f"cannot infer the RestoreFormer++ architecture from the state dict: {e!r}") from e
 
-    expected = model.state_dict()
-    missing = sorted(expected.keys() - state_dict.keys())
-    unexpected = sorted(state_dict.keys() - expected.keys())
-    mis_shaped = sorted(
-        k for k in expected.keys() & state_dict.keys() if tuple(expected[k].shape) != tuple(state_dict[k].shape)
-    )
-    if missing or unexpected or mis_shaped:
+    found = mismatch(model.state_dict(), state_dict)
+    if found:
 
         def show(keys: list[str]) -> str:
             return ", ".join(keys[:5]) + (f" (+{len(keys) - 5} more)" if len(keys) > 5 else "")
 
+        mis_shaped = [key for key, _, _ in found.wrong_shape]
         problems = [
             f"{name}: {show(keys)}"
-            for name, keys in (("missing", missing), ("unexpected", unexpected), ("wrong shape", mis_shaped))
+            for name, keys in (("missing", found.missing), ("unexpected", found.unexpected), ("wrong shape", mis_shaped))
             if keys
         ]
         raise ValueError("RestoreFormer++ state dict does not match the architecture; " + "; ".join(problems))

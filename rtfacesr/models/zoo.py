@@ -10,8 +10,9 @@ from __future__ import annotations
 
 import importlib.util
 import pickle
-import warnings
 import shutil
+import warnings
+from functools import cached_property
 from pathlib import Path
 
 import torch
@@ -291,7 +292,7 @@ class ModelChoice:
     def name(self) -> str:
         return self.spec.name
 
-    @property
+    @cached_property
     def identity(self) -> str:
         weights = converted_weights(self.spec).stem if self.spec.source == "built-in" else f"{self.spec.name}-{self.spec.sha256[:16]}"
         return weights if self.fidelity is None else f"{weights}-w{self.fidelity:g}"
