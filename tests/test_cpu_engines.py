@@ -106,7 +106,7 @@ needs_nncf = pytest.mark.skipif(not (available("openvino") and available("nncf")
 
 @needs_nncf
 def test_int8_is_quantised_once_within_the_bound(own_cache, tmp_path, capfd):
-    from rtfacesr.engines.quantize import FAST_RECIPE, int8_note
+    from rtfacesr.engines.quantize import fast_recipe_name, int8_note
 
     spec = small_sr_model(tmp_path)
     choice = zoo.ModelChoice(spec)
@@ -117,10 +117,10 @@ def test_int8_is_quantised_once_within_the_bound(own_cache, tmp_path, capfd):
     outcome = accuracy.compare(spec, expected, engine(sample))
     assert outcome["within_bound"], outcome
     (xml,) = (own_cache / "int8").glob("*.xml")
-    assert xml == int8_path(choice) and FAST_RECIPE in xml.name and xml.with_suffix(".bin").is_file()
+    assert xml == int8_path(choice) and fast_recipe_name() in xml.name and xml.with_suffix(".bin").is_file()
     note = json.loads(xml.with_suffix(".json").read_text())
-    assert note["recipe"] == FAST_RECIPE and note["held_out"]["within_bound"], note  # an SR model: the fast recipe
-    assert int8_note(xml).startswith(f"int8 by {FAST_RECIPE} in ") and "levels mean" in int8_note(xml)
+    assert note["recipe"] == fast_recipe_name() and note["held_out"]["within_bound"], note  # an SR model: the fast recipe
+    assert int8_note(xml).startswith(f"int8 by {fast_recipe_name()} in ") and "levels mean" in int8_note(xml)
     create_engine(choice, "openvino", CPU, "int8")
     assert "quantising" not in capfd.readouterr().err  # cached: not quantised again
 
@@ -147,6 +147,52 @@ def test_where_the_fast_recipe_misses_its_last_layers_go_back_to_floating_point_
     else:
         assert len(checked) == steps + 2 and note["recipe"].startswith("accuracy control (the fast recipe: ")
     assert quantize.int8_path(choice).is_file()
+
+
+def activation_ranges(path) -> list[tuple[float, float]]:
+    """Each activation quantiser's (low, high) input range in an int8 model (weights excluded)."""
+    import openvino as ov
+
+    ranges = []
+    for op in ov.Core().read_model(str(path)).get_ordered_ops():
+        if op.get_type_name() == "FakeQuantize" and op.input_value(0).get_node().get_type_name() != "Constant":
+            low, high = (float(np.min(op.input_value(i).get_node().get_data())) for i in (1, 2))
+            ranges.append((low, high))
+    return ranges
+
+
+@needs_nncf
+@pytest.mark.parametrize("amx", [True, False])
+def test_activations_are_symmetric_where_the_cpu_has_amx(own_cache, tmp_path, monkeypatch, amx):
+    """oneDNN's AMX convolutions take no zero point beyond small crops (they fall back to AVX-512
+    kernels), so an AMX machine's int8 model has symmetric activation ranges, and its own file."""
+    from rtfacesr.engines import quantize
+
+    monkeypatch.setattr(quantize, "has_amx_int8", lambda: amx)
+    choice = zoo.ModelChoice(small_sr_model(tmp_path))
+    quantize.quantise(choice)
+    assert ("symmetric" in quantize.int8_path(choice).name) == amx
+    ranges = activation_ranges(quantize.int8_path(choice))
+    symmetric = [low == 0 or abs(low / high + 128 / 127) < 1e-3 for low, high in ranges]
+    assert ranges and (all(symmetric) if amx else not all(symmetric)), ranges
+
+
+@needs_nncf
+@pytest.mark.skipif(not __import__("rtfacesr.engines.processor", fromlist=["x"]).has_amx_int8(), reason="the CPU has no AMX int8 (Intel Xeon Sapphire Rapids and later)")
+def test_int8_convolutions_run_on_amx_at_every_crop_size(own_cache):
+    import openvino as ov
+
+    from rtfacesr.engines.quantize import quantise
+
+    choice = zoo.ModelChoice(get_spec(FAST))
+    quantise(choice)
+    network = ov.Core().read_model(str(int8_path(choice)))
+    network.reshape([1, 3, 192, 192])
+    compiled = ov.Core().compile_model(network, "CPU", {"INFERENCE_PRECISION_HINT": "f32", "PERF_COUNT": "YES"})
+    request = compiled.create_infer_request()
+    request.infer({0: sample_input(get_spec(FAST))[:, :, :192, :192].numpy()})
+    kernels = [p.exec_type for p in request.get_profiling_info() if p.node_type == "Convolution" and "I8" in p.exec_type.upper()]
+    assert kernels and all("amx" in kernel for kernel in kernels), kernels
 
 
 def dense_block(rng):

@@ -4,7 +4,8 @@ makes itself from its built-in real face (`inputs.calibration_inputs`), never on
 SR networks get a fast recipe (`FAST_RECIPE`): each convolution of a channel concatenation split
 into one per concatenated input (`_split_concatenations`), NNCF's plain quantisation with
 SmoothQuant on the convolutions (per-channel activation ranges moved into the weights),
-histogram-fitted activation ranges, a few layers left in floating point (`_kept_in_floating_point`),
+histogram-fitted activation ranges (asymmetric, or symmetric on CPUs with AMX: `fast_recipe_name`),
+a few layers left in floating point (`_kept_in_floating_point`),
 and GPTQ rounding of the int8 weights (`rounding.py`). Quantising every layer the plain way costs a
 mean of 1.5-1.9 levels on realesr-animevideov3 and 3.4-3.8 on x4plus. The model is checked on
 held-out augmented faces; where it misses the bound of `accuracy.py`, its last convolutions go back
@@ -38,6 +39,7 @@ from rtfacesr.cache import cache_dir
 from rtfacesr.engines.accuracy import allowed_drop, closeness, compare
 from rtfacesr.engines.inputs import CALIBRATION_RECIPE, SR_CALIBRATION_SIDE, calibration_faces, calibration_inputs, network_input
 from rtfacesr.engines.onnx_export import export_onnx
+from rtfacesr.engines.processor import has_amx_int8
 from rtfacesr.engines.rounding import int8_convolutions, round_weights
 from rtfacesr.errors import UserError
 from rtfacesr.extras import require
@@ -46,6 +48,11 @@ from rtfacesr.models.zoo import ModelChoice
 from rtfacesr.options import FACE_SIZE_BUCKETS
 
 FAST_RECIPE = "split-smoothquant0.6-histogram-gptq-v2"  # in the cache key: another recipe, another file
+# On CPUs with AMX, oneDNN's AMX convolutions take an int8 input with a zero point (asymmetric
+# activations) only up to about 128 px; larger crops fell back to its AVX-512 kernels, 2.8x
+# slower at 192 px (animevideov3). Symmetric activations keep the AMX kernels at every size, at
+# 0.05 levels more error (0.84 against 0.79 on the held-out crops); without AMX, asymmetric.
+SYMMETRIC_ON_AMX = "-symmetric"
 SMOOTH_QUANT_ALPHA = 0.6  # measured on animevideov3 with GPTQ: 0.6 and 0.9 best (0.82 levels), 0.75 worse (1.05)
 CALIBRATION_COUNT, VALIDATION_COUNT = 64, 16
 FAST_CALIBRATION_COUNT, ROUNDING_COUNT = 32, 8  # SR models: crops for the ranges, and the first of them for GPTQ's Hessians
@@ -61,6 +68,11 @@ FAST_RECIPE_PASSES = 15  # about what the fast recipe costs, in fp32 calls per c
 def fast_recipe(spec: ModelSpec) -> bool:
     """The fast recipe is for SR networks; the rest keep accuracy control."""
     return spec.kind == "sr"
+
+
+def fast_recipe_name() -> str:
+    """The fast recipe as this machine runs it (its activations symmetric where the CPU has AMX)."""
+    return FAST_RECIPE + (SYMMETRIC_ON_AMX if has_amx_int8() else "")
 
 
 def fast_calibration(spec: ModelSpec) -> tuple[int, int]:
@@ -84,7 +96,7 @@ def int8_path(model: ModelChoice) -> Path:
     from importlib.metadata import version
 
     bound = f"{allowed_drop(model.spec):g}"  # the bound the model was checked against: another bound, another model
-    recipe = f"{FAST_RECIPE}-" if fast_recipe(model.spec) else ""
+    recipe = f"{fast_recipe_name()}-" if fast_recipe(model.spec) else ""
     return cache_dir() / "int8" / f"{model.identity}-{CALIBRATION_RECIPE}-{recipe}within{bound}-nncf{version('nncf')}.xml"
 
 
@@ -181,7 +193,8 @@ def _fast(network, calibration: list[np.ndarray]):
     from nncf.quantization.range_estimator import RangeEstimatorParametersSet
 
     quantized = nncf.quantize(
-        network, nncf.Dataset(calibration), subset_size=len(calibration), preset=nncf.QuantizationPreset.MIXED,
+        network, nncf.Dataset(calibration), subset_size=len(calibration),
+        preset=nncf.QuantizationPreset.PERFORMANCE if has_amx_int8() else nncf.QuantizationPreset.MIXED,
         model_type=nncf.ModelType.TRANSFORMER,  # NNCF applies SmoothQuant only to this type
         ignored_scope=nncf.IgnoredScope(names=_kept_in_floating_point(network), validate=False),
         advanced_parameters=AdvancedQuantizationParameters(
@@ -244,11 +257,11 @@ def quantise(model: ModelChoice) -> None:
             _split_concatenations(split)
             count, side = fast_calibration(model.spec)
             fast = _fast(split, network_input(model.spec, calibration_faces(side, count)))
-            quantized, recipe, checked, share = fast, FAST_RECIPE, outcome(fast), 0.0
+            quantized, recipe, checked, share = fast, fast_recipe_name(), outcome(fast), 0.0
             while not checked["within_bound"] and share < MAX_FLOAT_SHARE - FLOAT_STEP / 2:
                 share += FLOAT_STEP
                 quantized = _floating_tail(fast, split, share)
-                checked, recipe = outcome(quantized), f"{FAST_RECIPE}, the last {share:.0%} of the int8 convolutions in floating point"
+                checked, recipe = outcome(quantized), f"{fast_recipe_name()}, the last {share:.0%} of the int8 convolutions in floating point"
             if not checked["within_bound"]:  # the note says so; `engines list` shows it
                 quantized, recipe = None, f"accuracy control (the fast recipe: {checked['mean_levels']} levels, {checked['psnr_db']} dB)"
         if quantized is None:

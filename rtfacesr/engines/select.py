@@ -28,7 +28,8 @@ from rtfacesr.engines.inputs import CALIBRATION_RECIPE, sample_input
 from rtfacesr.engines.onnx_export import ExportFailed
 from rtfacesr.engines.openvino_engine import OpenVINOEngine, cpu_capabilities
 from rtfacesr.engines.ort_engine import OnnxRuntimeEngine
-from rtfacesr.engines.quantize import FAST_RECIPE, int8_note, int8_path, quantisation_seconds
+from rtfacesr.engines.processor import cpu_flags
+from rtfacesr.engines.quantize import fast_recipe_name, int8_note, int8_path, quantisation_seconds
 from rtfacesr.engines.torch_engine import TorchEngine, torch_has_bf16
 from rtfacesr.errors import OptionError, UserError
 from rtfacesr.extras import available
@@ -84,15 +85,9 @@ def cpu_candidates(model: ModelChoice, backend: str, precision: str) -> list[tup
 
 def machine_key() -> str:
     versions = {module: _version(module) for module in ("onnxruntime", "openvino", "nncf")}
-    flags = ""
-    try:
-        with open("/proc/cpuinfo") as handle:
-            line = next((text for text in handle if text.startswith("flags")), "")
-        flags = " ".join(sorted(f for f in line.split() if f.startswith(("avx512", "amx", "avx_vnni", "avx2"))))
-    except OSError:
-        pass
+    flags = " ".join(sorted(f for f in cpu_flags() if f.startswith(("avx512", "amx", "avx_vnni", "avx2"))))
     return (f"{platform.processor() or platform.machine()}|{flags}|torch {torch.__version__}|{versions}|{torch.get_num_threads()} threads"
-            f"|int8 {CALIBRATION_RECIPE} {FAST_RECIPE} within {MAX_MEAN_LEVELS:g}")
+            f"|int8 {CALIBRATION_RECIPE} {fast_recipe_name()} within {MAX_MEAN_LEVELS:g}")
 
 
 def _version(module: str) -> str | None:
