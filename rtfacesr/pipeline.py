@@ -54,6 +54,24 @@ class FaceJob:
     grey: np.ndarray | None = None  # --temporal auto: the aligned input the flow starts from
 
 
+@dataclass
+class Inferred:
+    """A frame between `FaceEnhancer.infer` and `compose`: its faces through the model, not yet
+    fused."""
+
+    image: np.ndarray  # the source frame
+    frame: object  # the enlarged frame (the frame path's kind)
+    jobs: list[FaceJob]
+    patches: list[Patch | None]  # per job: a carried keyframe's patch, or None until composed
+    model_jobs: list[int]  # the jobs the model ran on, in the order of `sr_faces`
+    sr_faces: list
+    reports: list[FaceReport]
+    beyond: list[Face]  # a photo's faces past --max-faces
+    keyframes: Keyframes | None
+    index: int
+    timer: StageTimer
+
+
 @dataclass(frozen=True)
 class KeyframeJob:
     """Live: a face the worker runs the model on, with the frame it was requested on."""
@@ -163,6 +181,13 @@ class FaceEnhancer:
         `keyframes` (video, `--temporal auto`; the faces carry track ids) the model runs only on
         the faces that need a new keyframe at frame `index`; the others get their keyframe's
         detail carried by optical flow (live: the keyframes are requested from a worker)."""
+        return self.compose(self.infer(image, faces, degradations, keyframes, index))
+
+    def infer(self, image: np.ndarray, faces: list[Face] | None = None, degradations: list[Degradation] | None = None,
+              keyframes: Keyframes | None = None, index: int = 0) -> Inferred:
+        """Stages 1-4 of `enhance` (detection unless `faces` are given, enlargement, alignment,
+        the carried keyframes, the face model); `compose` does the rest. Video runs the two on
+        their own threads, so that one frame's fusion overlaps the next frame's model."""
         if image.ndim != 3 or image.shape[2] != 3 or image.dtype not in (np.uint8, np.uint16):
             raise ValueError(f"expected an H x W x 3 uint8 or uint16 RGB array, got {image.shape} {image.dtype}")
         opts = self.options
@@ -195,15 +220,23 @@ class FaceEnhancer:
         if keyframes is not None:
             with timer("carry"):
                 model_jobs = self._carry(jobs, patches, keyframes, frame, image, index)
-        for number, patch in zip(model_jobs, self._model_patches(frame, image, [jobs[n] for n in model_jobs], timer)):
-            patches[number] = patch
-            if keyframes is not None:
-                keyframes.install(jobs[number].face.track, self._as_keyframe(patch, jobs[number], index))
+        sr_faces = self._super_resolve(frame, [jobs[n] for n in model_jobs], timer)
+        return Inferred(image, frame, jobs, patches, model_jobs, sr_faces, reports, beyond, keyframes, index, timer)
+
+    def compose(self, inferred: Inferred) -> EnhanceResult:
+        """Stages 5-6 of a frame `infer` took through the model: segmentation, fusion and paste
+        (and, with keyframes in file mode, the new keyframes kept)."""
+        work, opts, timer = inferred, self.options, inferred.timer
+        model_jobs = [work.jobs[n] for n in work.model_jobs]
+        for number, patch in zip(work.model_jobs, self._patches(work.frame, work.image, model_jobs, work.sr_faces, timer)):
+            work.patches[number] = patch
+            if work.keyframes is not None:
+                work.keyframes.install(work.jobs[number].face.track, self._as_keyframe(patch, work.jobs[number], work.index))
 
         with timer("fuse"):
-            output = path.paste(frame, [patch for patch in patches if patch is not None])
-        warnings = [f"more faces than --max-faces {opts.max_faces}: the most confident were enhanced (raise --max-faces to enhance more)"] if beyond else []
-        return EnhanceResult(image=output, faces=reports, timings_ms=timer.as_dict(), warnings=warnings)
+            output = self.frame_path.paste(work.frame, [patch for patch in work.patches if patch is not None])
+        warnings = [f"more faces than --max-faces {opts.max_faces}: the most confident were enhanced (raise --max-faces to enhance more)"] if work.beyond else []
+        return EnhanceResult(image=output, faces=work.reports, timings_ms=timer.as_dict(), warnings=warnings)
 
     def _job(self, face: Face, source: np.ndarray, degradation: Degradation | None) -> FaceJob:
         """Align one face in the enlarged frame, and with `--strength auto` plan its fusion from
@@ -251,8 +284,8 @@ class FaceEnhancer:
 
     def keyframe(self, request: KeyRequest) -> Keyframe:
         """Live: run the model on one requested face (on the frame it was requested on)."""
-        work: KeyframeJob = request.payload
-        patch = self._model_patches(work.frame, work.image, [work.job], StageTimer())[0]
+        work, timer = request.payload, StageTimer()
+        patch = self._patches(work.frame, work.image, [work.job], self._super_resolve(work.frame, [work.job], timer), timer)[0]
         return self._as_keyframe(patch, work.job, request.index)
 
     def _as_keyframe(self, patch: Patch, job: FaceJob, index: int) -> Keyframe:
@@ -261,15 +294,17 @@ class FaceEnhancer:
         strength = float(np.clip(job.report.strength, 0.0, 1.0))
         return as_keyframe(self.frame_path.host_patch(patch), job.grey, index, fine_detail_sigma(self.options.scale), strength, job.setting)
 
-    def _model_patches(self, frame, image: np.ndarray, jobs: list[FaceJob], timer: StageTimer) -> list[Patch]:
-        """Stages 3-6 for `jobs`: crops, the face model, segmentation of its faces, and each
-        face's patch (the fusion, computed against the enlarged `frame`)."""
-        opts, path = self.options, self.frame_path
+    def _super_resolve(self, frame, jobs: list[FaceJob], timer: StageTimer) -> list:
+        """Stages 3-4 for `jobs`: their crops out of the enlarged `frame`, through the face model."""
         with timer("align"):
-            crops = path.crops(frame, [job.alignment for job in jobs])
+            crops = self.frame_path.crops(frame, [job.alignment for job in jobs])
         with timer("superres"):
-            sr_faces = self.superres(crops) if crops else []
+            return self.superres(crops) if crops else []
 
+    def _patches(self, frame, image: np.ndarray, jobs: list[FaceJob], sr_faces: list, timer: StageTimer) -> list[Patch]:
+        """Stages 5-6 for `jobs`: segmentation of their model faces, and each face's patch (the
+        fusion, computed against the enlarged `frame`)."""
+        opts, path = self.options, self.frame_path
         faces_at_paste_size, masks = [], []
         with timer("segment"):
             for job, sr_face in zip(jobs, sr_faces):

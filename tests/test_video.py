@@ -38,9 +38,12 @@ from video_fixtures import (
 from rtfacesr.app.jobs import is_video
 from rtfacesr.errors import UserError
 from rtfacesr.imaging import COMPARE_GAP, enlarge
-from rtfacesr.media.sinks import FileSink
-from rtfacesr.media.sources import PyAVSource
-from rtfacesr.runtime.runner import Runner, Stage
+from rtfacesr.media.sinks import FileSink, VideoOnlySink
+from rtfacesr.media.sources import PyAVSource, VideoOnlySource
+from rtfacesr.options import TemporalOptions
+from rtfacesr.runtime.runner import Runner, Stage, run_in_order
+from rtfacesr.runtime.video import keyframes_for, tracker_for, video_stages
+from rtfacesr.types import SourceInfo, VideoFrame
 from rtfacesr.video import enhance_video_file
 
 FAST = ("--model", FAST_MODEL, "--device", "cpu")
@@ -195,6 +198,55 @@ def test_two_faces_are_both_enhanced(clips, make_enhancer, tmp_path):
     assert stats.frames_out == 10
     assert_same_timing_and_audio(clips["two"], output, scale=2)
     assert_faces_enhanced(enhancer, clips["two"], output, 256, 192, faces=2)
+
+
+class FramesSource(VideoOnlySource):
+    """Decoded frames from a list."""
+
+    def __init__(self, images: list[np.ndarray]):
+        self.images, self.next = list(images), 0
+        self.info = SourceInfo(images[0].shape[1], images[0].shape[0], Fraction(25), Fraction(1, 25))
+
+    def read(self):
+        if self.next == len(self.images):
+            return None
+        self.next += 1
+        return VideoFrame(self.images[self.next - 1], self.next - 1, self.next - 1, Fraction(1, 25))
+
+    def pop_audio(self, until=None):
+        return []
+
+    def close(self):
+        pass
+
+
+class KeptFrames(VideoOnlySink):
+    def __init__(self):
+        self.images = []
+
+    def write(self, frame):
+        self.images.append(frame.image)
+
+    def close(self):
+        pass
+
+
+def test_a_frames_model_runs_beside_the_fusion_of_the_frame_before_with_the_same_output(make_enhancer):
+    """Without keyframes the model and the fusion are two stages on two threads; frames in
+    flight in both at once come out as the stages give them one after another on one thread."""
+    enhancer = make_enhancer(scale=2)
+    images = face_frames(8, 192, 192, faces=2)
+    stages = video_stages(enhancer, tracker_for(enhancer))
+    assert [stage.name for stage in stages] == ["track", "enhance", "compose"]
+    one_by_one = KeptFrames()
+    run_in_order(FramesSource(images), video_stages(enhancer, tracker_for(enhancer)), one_by_one)
+    threaded = KeptFrames()
+    stats = Runner(FramesSource(images), stages, threaded, queue_size=2).run()
+    assert stats.frames_out == 8 and {"superres", "segment", "fuse", "compose"} <= set(stats.stage_ms)
+    for alone, beside in zip(one_by_one.images, threaded.images, strict=True):
+        np.testing.assert_array_equal(alone, beside)
+    keyframed = video_stages(enhancer, tracker_for(enhancer), keyframes=keyframes_for(TemporalOptions(mode="auto"), live=False))
+    assert [stage.name for stage in keyframed] == ["track", "enhance"]  # a keyframe is kept before the next frame's carry
 
 
 def test_no_face_gives_the_enlarged_frames(clips, make_enhancer, tmp_path):

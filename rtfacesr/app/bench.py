@@ -37,7 +37,7 @@ from rtfacesr.runtime.video import run as run_video
 from rtfacesr.samples import astronaut_face
 from rtfacesr.types import Source, SourceInfo, VideoFrame
 
-STAGE_ORDER = ("decode", "detect", "track", "enlarge", "align", "carry", "superres", "segment", "fuse", "enhance", "sink")
+STAGE_ORDER = ("decode", "detect", "track", "enlarge", "align", "carry", "superres", "segment", "fuse", "enhance", "compose", "sink")
 LIVE_MAX_LATENCY_MS = 250.0  # as `rtfacesr live` by default
 STAGE_LABELS = {"track": "keypoints"}  # keypoints: the whole track stage, detection included; the sink's, by its kind
 BENCH_CAMERA = "rtfacesr-bench"  # the pyvirtualcam backend of the `camera` sink
@@ -260,7 +260,7 @@ def plot(report: dict, path: Path) -> None:
     figure, axes = plt.subplots(figsize=(8, 1.8 + 0.7 * len(report["runs"])))
     palette = plt.get_cmap("tab10")
     drawn_labels: set[str] = set()
-    parts = ("enhance", "detect")  # parts of others: enhance = align..fuse, detect in keypoints
+    parts = ("enhance", "compose", "detect")  # parts of others: enhance = enlarge..superres (..fuse with keyframes), compose = segment..fuse, detect in keypoints
     names = list(dict.fromkeys(name for run in report["runs"] for name in run["stages"] if name not in parts))
     for row, run in enumerate(report["runs"]):
         left = 0.0

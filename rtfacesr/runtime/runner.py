@@ -37,6 +37,7 @@ class Work:
     frame: VideoFrame
     faces: list[Face] | None = None  # found by the track stage; None: the enhancer detects them
     degradations: list | None = None  # per face, smoothed by the track stage (face.degradation.Degradation)
+    inferred: object | None = None  # between the enhance and compose stages: the faces through the model (pipeline.Inferred)
     stage_ms: dict[str, float] = field(default_factory=dict)
 
 

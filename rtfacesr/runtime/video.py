@@ -48,7 +48,10 @@ def video_stages(enhancer: FaceEnhancer, tracker: FaceTracker, compare: bool = F
                  controls: LiveControls | None = None, keep_original: bool = False, model_lock: threading.Lock | None = None) -> list[Stage]:
     """track: keypoints per frame (CPU, MediaPipe) and, with --strength auto, each face's
     degradation over its track's latest frames (their median); enhance: align, SR, segment and fuse (with
-    `keyframes`, the model only on keyframes and their detail carried between).
+    `keyframes`, the model only on keyframes and their detail carried between). Without keyframes
+    or live controls, segment and fuse are a stage of their own (compose), so that one frame's
+    fusion runs beside the next frame's model; with keyframes in file mode a frame's keyframe
+    must be kept before the next frame's carry, and live the model runs on its worker.
 
     With `controls` (the studio) both stages read the live settings once per frame: smoothing,
     strength, and temporal (keyframes used or not: `keyframes` must then be given, and
@@ -92,7 +95,17 @@ def video_stages(enhancer: FaceEnhancer, tracker: FaceTracker, compare: bool = F
     def enhance(work: Work) -> Work:
         use = keyframes if controls is None else apply(controls.settings)
         with model_lock if use is None and model_lock is not None else contextlib.nullcontext():
-            result = enhancer.enhance(work.frame.image, faces=work.faces, degradations=work.degradations, keyframes=use, index=work.frame.index)
+            return finish(work, enhancer.enhance(work.frame.image, faces=work.faces, degradations=work.degradations, keyframes=use, index=work.frame.index))
+
+    def infer(work: Work) -> Work:
+        work.inferred = enhancer.infer(work.frame.image, faces=work.faces, degradations=work.degradations, index=work.frame.index)
+        return work
+
+    def compose(work: Work) -> Work:
+        inferred, work.inferred = work.inferred, None
+        return finish(work, enhancer.compose(inferred))
+
+    def finish(work: Work, result) -> Work:
         image = result.image
         work.stage_ms.update({name: ms for name, ms in result.timings_ms.items() if name != "total"})
         if compare:
@@ -100,6 +113,8 @@ def video_stages(enhancer: FaceEnhancer, tracker: FaceTracker, compare: bool = F
         work.frame = replace(work.frame, image=image, **({"original": work.frame.image} if keep_original else {}))
         return work
 
+    if keyframes is None and controls is None:  # the model of one frame beside the fusion of the one before
+        return [Stage("track", track), Stage("enhance", infer), Stage("compose", compose)]
     return [Stage("track", track), Stage("enhance", enhance)]
 
 
