@@ -5,7 +5,9 @@ fusion keeps. With keyframes (video, `--temporal auto`) the faces between keyfra
 model and the segmenter: their keyframe's patch is carried by optical flow (`frame.temporal`).
 
 `FaceEnhancer.enhance` takes an RGB image (H x W x 3, uint8 or uint16; channel order R, G, B)
-and returns the enlarged image with every usable face super-resolved, plus per-face metadata.
+and returns the enlarged image with every usable face super-resolved, plus per-face metadata. It
+is `infer` (up to the model's faces) then `compose` (segmentation and fusion); video without
+keyframes runs the two on their own threads.
 """
 
 from __future__ import annotations
@@ -226,17 +228,17 @@ class FaceEnhancer:
     def compose(self, inferred: Inferred) -> EnhanceResult:
         """Stages 5-6 of a frame `infer` took through the model: segmentation, fusion and paste
         (and, with keyframes in file mode, the new keyframes kept)."""
-        work, opts, timer = inferred, self.options, inferred.timer
-        model_jobs = [work.jobs[n] for n in work.model_jobs]
-        for number, patch in zip(work.model_jobs, self._patches(work.frame, work.image, model_jobs, work.sr_faces, timer)):
-            work.patches[number] = patch
-            if work.keyframes is not None:
-                work.keyframes.install(work.jobs[number].face.track, self._as_keyframe(patch, work.jobs[number], work.index))
+        opts, timer = self.options, inferred.timer
+        model_jobs = [inferred.jobs[n] for n in inferred.model_jobs]
+        for number, patch in zip(inferred.model_jobs, self._patches(inferred.frame, inferred.image, model_jobs, inferred.sr_faces, timer)):
+            inferred.patches[number] = patch
+            if inferred.keyframes is not None:
+                inferred.keyframes.install(inferred.jobs[number].face.track, self._as_keyframe(patch, inferred.jobs[number], inferred.index))
 
         with timer("fuse"):
-            output = self.frame_path.paste(work.frame, [patch for patch in work.patches if patch is not None])
-        warnings = [f"more faces than --max-faces {opts.max_faces}: the most confident were enhanced (raise --max-faces to enhance more)"] if work.beyond else []
-        return EnhanceResult(image=output, faces=work.reports, timings_ms=timer.as_dict(), warnings=warnings)
+            output = self.frame_path.paste(inferred.frame, [patch for patch in inferred.patches if patch is not None])
+        warnings = [f"more faces than --max-faces {opts.max_faces}: the most confident were enhanced (raise --max-faces to enhance more)"] if inferred.beyond else []
+        return EnhanceResult(image=output, faces=inferred.reports, timings_ms=timer.as_dict(), warnings=warnings)
 
     def _job(self, face: Face, source: np.ndarray, degradation: Degradation | None) -> FaceJob:
         """Align one face in the enlarged frame, and with `--strength auto` plan its fusion from
@@ -284,7 +286,8 @@ class FaceEnhancer:
 
     def keyframe(self, request: KeyRequest) -> Keyframe:
         """Live: run the model on one requested face (on the frame it was requested on)."""
-        work, timer = request.payload, StageTimer()
+        work: KeyframeJob = request.payload
+        timer = StageTimer()
         patch = self._patches(work.frame, work.image, [work.job], self._super_resolve(work.frame, [work.job], timer), timer)[0]
         return self._as_keyframe(patch, work.job, request.index)
 
