@@ -322,8 +322,9 @@ def test_host_and_device_paths_fuse_alike_at_scale_2(make_enhancer, astronaut):
 
 def test_a_blurred_face_gains_detail(fast_enhancer, astronaut):
     """The fusion's behaviour, so the model runs in fp32 whatever `auto` picks on this machine
-    (measured on the AMX machine: int8 gains 1.29x here, bf16 1.41x, fp32 1.43x; on the real
-    faces of benchmarks/quality.py all three keep the same sharpness)."""
+    (on the AMX machine int8 gains 1.29x here, bf16 1.41x, fp32 1.43x: int8 weakens the model's
+    finest detail at the paste size a little; on the real faces of benchmarks/quality.py all
+    three keep the same sharpness)."""
     from rtfacesr.pipeline import FaceEnhancer
 
     blurred = cv2.GaussianBlur(astronaut, (0, 0), 1.2)
