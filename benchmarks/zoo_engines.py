@@ -8,8 +8,7 @@ timings and exportability do not depend on the weights, and nothing is downloade
 is imported into a temporary cache, run on torch (one warm-up, then the median of `--repeats`),
 exported to ONNX and run on ONNX Runtime and on OpenVINO (fp32, and bf16 where the CPU has it)
 the same way, and on torch bf16; the max abs differences from torch fp32 are in 0..1 units (int8
-is left out: quantising a 512 px network by accuracy control takes many minutes, and random
-weights say nothing about its accuracy). All rows come from one run on one machine, so their ratios are comparable.
+is left out: quantising a 512 px network by accuracy control takes many minutes). All rows come from one run on one machine, so their ratios are comparable.
 """
 
 from __future__ import annotations
