@@ -70,9 +70,14 @@ def fast_recipe(spec: ModelSpec) -> bool:
     return spec.kind == "sr"
 
 
+def symmetric_activations() -> bool:
+    """Whether the fast recipe quantises activations symmetrically here (see SYMMETRIC_ON_AMX)."""
+    return has_amx_int8()
+
+
 def fast_recipe_name() -> str:
-    """The fast recipe as this machine runs it (its activations symmetric where the CPU has AMX)."""
-    return FAST_RECIPE + (SYMMETRIC_ON_AMX if has_amx_int8() else "")
+    """The fast recipe as this machine runs it."""
+    return FAST_RECIPE + (SYMMETRIC_ON_AMX if symmetric_activations() else "")
 
 
 def fast_calibration(spec: ModelSpec) -> tuple[int, int]:
@@ -194,7 +199,7 @@ def _fast(network, calibration: list[np.ndarray]):
 
     quantized = nncf.quantize(
         network, nncf.Dataset(calibration), subset_size=len(calibration),
-        preset=nncf.QuantizationPreset.PERFORMANCE if has_amx_int8() else nncf.QuantizationPreset.MIXED,
+        preset=nncf.QuantizationPreset.PERFORMANCE if symmetric_activations() else nncf.QuantizationPreset.MIXED,
         model_type=nncf.ModelType.TRANSFORMER,  # NNCF applies SmoothQuant only to this type
         ignored_scope=nncf.IgnoredScope(names=_kept_in_floating_point(network), validate=False),
         advanced_parameters=AdvancedQuantizationParameters(

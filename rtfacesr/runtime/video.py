@@ -95,7 +95,8 @@ def video_stages(enhancer: FaceEnhancer, tracker: FaceTracker, compare: bool = F
     def enhance(work: Work) -> Work:
         use = keyframes if controls is None else apply(controls.settings)
         with model_lock if use is None and model_lock is not None else contextlib.nullcontext():
-            return finish(work, enhancer.enhance(work.frame.image, faces=work.faces, degradations=work.degradations, keyframes=use, index=work.frame.index))
+            result = enhancer.enhance(work.frame.image, faces=work.faces, degradations=work.degradations, keyframes=use, index=work.frame.index)
+        return finish(work, result)
 
     def infer(work: Work) -> Work:
         work.inferred = enhancer.infer(work.frame.image, faces=work.faces, degradations=work.degradations, index=work.frame.index)
